@@ -1,0 +1,1 @@
+"""Offline trainer: bag ingest, training stages, GRPO, cycle. No rclpy."""

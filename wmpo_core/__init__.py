@@ -1,0 +1,1 @@
+"""wmpo core: pure Python + torch. Never imports rclpy."""

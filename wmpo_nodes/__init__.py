@@ -1,0 +1,1 @@
+"""Thin rclpy nodes over wmpo_core."""
