@@ -29,7 +29,9 @@ def test_core_never_imports_rclpy():
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            if any(n == "rclpy" or n.startswith("rclpy.") or n.startswith("wmpo_nodes") for n in names):
+            if any(
+                n == "rclpy" or n.startswith("rclpy.") or n.startswith("wmpo_nodes") for n in names
+            ):
                 offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert not offenders, f"wmpo_core must not import rclpy/wmpo_nodes: {offenders}"
 

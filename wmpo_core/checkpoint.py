@@ -88,7 +88,9 @@ def verify_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, An
     """Check the manifest against the files; returns the manifest or raises CheckpointError."""
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"{path}: no checkpoint directory here (expected {CONFIG}, {WEIGHTS}, {MANIFEST})")
+        raise CheckpointError(
+            f"{path}: no checkpoint directory here (expected {CONFIG}, {WEIGHTS}, {MANIFEST})"
+        )
     pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
     if pickles:
         raise CheckpointError(
@@ -103,17 +105,23 @@ def verify_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, An
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{manifest_path}: unreadable manifest ({exc})") from None
     if kind is not None and manifest.get("kind") != kind:
-        raise CheckpointError(f"{path}: is a '{manifest.get('kind')}' checkpoint, expected '{kind}'")
+        raise CheckpointError(
+            f"{path}: is a '{manifest.get('kind')}' checkpoint, expected '{kind}'"
+        )
     present = {p.name for p in path.iterdir() if p.is_file() and p.name != MANIFEST}
     unlisted = sorted(present - set(listed))
     if unlisted:
-        raise CheckpointError(f"{path}: files not in the manifest {unlisted}; refusing a tampered checkpoint")
+        raise CheckpointError(
+            f"{path}: files not in the manifest {unlisted}; refusing a tampered checkpoint"
+        )
     for name, digest in listed.items():
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"{path}: {name} is listed in the manifest but missing")
         if sha256_file(f) != digest:
-            raise CheckpointError(f"{path}: sha256 of {name} does not match the manifest (tampered or corrupt)")
+            raise CheckpointError(
+                f"{path}: sha256 of {name} does not match the manifest (tampered or corrupt)"
+            )
     if WEIGHTS not in listed or CONFIG not in listed:
         raise CheckpointError(f"{path}: manifest lacks {WEIGHTS} or {CONFIG}")
     return manifest

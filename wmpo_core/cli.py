@@ -15,7 +15,10 @@ import sys
 COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     "launch": ("wmpo_nodes.launcher", "start a node graph (sim | robot | teleop) and supervise it"),
     "sim": ("wmpo_core.sim.cli", "run the embedded simulated arm's scripted expert (no ROS)"),
-    "collect": ("offline_trainer.collect", "scripted-expert episodes straight into an episode store"),
+    "collect": (
+        "offline_trainer.collect",
+        "scripted-expert episodes straight into an episode store",
+    ),
     "bags": ("offline_trainer.bags_cli", "list, inspect, verify and repair recorded episode bags"),
     "ingest": ("offline_trainer.ingest", "turn episode bags into a training episode store"),
     "train": {
@@ -28,8 +31,14 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "policy": ("offline_trainer.eval_policy", "success rate of a policy in the sim"),
         "imagination": ("offline_trainer.eval_imagination", "world/reward model fidelity"),
     },
-    "registry": ("offline_trainer.registry_cli", "list, show, promote and roll back policy versions"),
-    "cycle": ("offline_trainer.cycle", "the nightly retrain: ingest, align, reward, GRPO, gate, promote"),
+    "registry": (
+        "offline_trainer.registry_cli",
+        "list, show, promote and roll back policy versions",
+    ),
+    "cycle": (
+        "offline_trainer.cycle",
+        "the nightly retrain: ingest, align, reward, GRPO, gate, promote",
+    ),
     "demo": ("wmpo_nodes.demo", "the lifelong-learning demo on the embedded sim (`make demo`)"),
 }
 

@@ -43,7 +43,9 @@ def atomic_publish_dir(staging: Path, final: Path) -> None:
             with open(Path(root) / name, "rb") as f:
                 os.fsync(f.fileno())
     if final.exists():
-        raise FileExistsError(f"{final} already exists; refusing to overwrite a published directory")
+        raise FileExistsError(
+            f"{final} already exists; refusing to overwrite a published directory"
+        )
     os.rename(staging, final)
     fsync_dir(final.parent)
 
