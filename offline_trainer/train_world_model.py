@@ -1,0 +1,215 @@
+"""`wmpo train world-model`: pretrain on every episode, or align to one policy's rollouts.
+
+    wmpo train world-model --data STORE --out WM [--minutes M] [--resume]
+    wmpo train world-model --data STORE --out WM2 --init WM --align-policy-version V
+
+Pretraining uses all episodes (demonstrations and rollouts, successes and
+failures, perturbed experts): the model must see off-expert actions to learn
+that actions matter. `--align-policy-version` keeps only that policy's own
+rollouts and fine-tunes from `--init` (WMPO's "policy behaviour alignment").
+Written for `accelerate`: the same loop runs on a CPU, a GPU or many GPUs
+(`accelerate launch -m wmpo_core.cli train world-model ...`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wmpo_core.errors import WmpoError
+from wmpo_core.world_model import (
+    WorldModelConfig,
+    build_network,
+    load_world_model,
+    save_world_model,
+)
+from wmpo_core.world_model.processing_world_model import WindowDataset, advance, to_model_batch
+from wmpo_core.world_model.training import (
+    load_arrays,
+    load_train_state,
+    save_train_state,
+    select_episodes,
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", action="append", required=True, help="episode store (repeatable)")
+    p.add_argument("--out", required=True, help="world-model checkpoint directory to write")
+    p.add_argument("--task", default=None, help="only episodes of this task")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "base"])
+    p.add_argument("--variant", default="deterministic", choices=["deterministic", "flow"])
+    p.add_argument("--vae-path", default="", help="base: local AutoencoderKL directory")
+    p.add_argument("--init", default=None, help="start from this world-model checkpoint")
+    p.add_argument(
+        "--align-policy-version",
+        "--align",
+        dest="align",
+        default=None,
+        help="fine-tune only on rollouts of this policy version (use with --init)",
+    )
+    p.add_argument("--minutes", type=float, default=10.0, help="wall-clock training budget")
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: none)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--self-cond-after",
+        type=float,
+        default=0.3,
+        help="fraction of the budget after which half the batches start from the "
+        "model's own predicted chunk (keeps long rollouts from drifting)",
+    )
+    p.add_argument(
+        "--context-noise",
+        type=float,
+        default=0.02,
+        help="std of noise on context frames ([-1, 1] units)",
+    )
+    p.add_argument("--heldout-frac", type=float, default=0.15, help="episodes kept for eval")
+    p.add_argument("--save-every", type=float, default=5.0, help="minutes between checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from OUT and its train state")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from accelerate import Accelerator
+    from tqdm import tqdm
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    out = Path(args.out)
+    if args.align and not (args.init or args.resume):
+        raise WmpoError("--align-policy-version fine-tunes a model: also pass --init WM")
+
+    config, net = _make_model(args, out)
+    selected = select_episodes(
+        args.data, task=args.task, policy_version=args.align, heldout_frac=args.heldout_frac
+    )
+    dataset = WindowDataset(load_arrays(selected), config, n_chunks=2)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=0
+    )
+    if len(loader) == 0:
+        raise WmpoError(
+            f"{len(dataset)} windows < batch size {args.batch_size}; lower --batch-size"
+        )
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    info = {"step": 0, "seconds": 0.0}
+    if args.resume:
+        info = load_train_state(out, opt) or info
+    acc = Accelerator()
+    model, opt, loader = acc.prepare(net, opt, loader)
+    budget = args.minutes * 60.0
+    acc.print(
+        f"world model {config.preset}/{config.variant}: "
+        f"{sum(p.numel() for p in params) / 1e6:.2f} M trainable params, "
+        f"{len(selected)} episodes, {len(dataset)} windows, budget {args.minutes} min"
+    )
+    start = time.monotonic() - info["seconds"]
+    last_save = time.monotonic()
+    bar = tqdm(
+        total=int(budget), unit="s", initial=int(info["seconds"]), disable=not acc.is_main_process
+    )
+    losses: list[float] = []
+    done = False
+    while not done:
+        for raw in loader:
+            elapsed = time.monotonic() - start
+            frac = elapsed / budget
+            for g in opt.param_groups:
+                g["lr"] = _lr(args.lr, info["step"], frac)
+            batch = _training_batch(acc.unwrap_model(model), raw, config, args, frac)
+            loss, metrics = model(batch)
+            opt.zero_grad(set_to_none=True)
+            acc.backward(loss)
+            acc.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            info["step"] += 1
+            losses.append(float(loss))
+            bar.update(int(elapsed) - bar.n)
+            if info["step"] % 20 == 0:
+                bar.set_postfix(step=info["step"], loss=f"{np.mean(losses[-20:]):.4f}")
+            info["seconds"] = elapsed
+            done = elapsed >= budget or (args.max_steps and info["step"] >= args.max_steps)
+            if done or time.monotonic() - last_save > args.save_every * 60:
+                _save(acc, model, opt, config, out, info, selected, losses, args)
+                last_save = time.monotonic()
+            if done:
+                break
+    bar.close()
+    acc.print(f"saved {out} after {info['step']} steps, {info['seconds'] / 60:.1f} min")
+    return 0
+
+
+def _make_model(args: argparse.Namespace, out: Path) -> tuple[WorldModelConfig, torch.nn.Module]:
+    source = out if args.resume and (out / "manifest.json").exists() else args.init
+    if source:
+        wm = load_world_model(source)
+        wm.net.train()
+        return wm.config, wm.net
+    if args.resume:
+        raise WmpoError(f"--resume: {out} has no checkpoint yet; drop --resume to start fresh")
+    kw = {"preset": args.preset, "variant": args.variant}
+    if args.preset == "base":
+        kw["vae_path"] = args.vae_path
+    config = WorldModelConfig(**kw)
+    return config, build_network(config).train()
+
+
+def _lr(base: float, step: int, frac: float) -> float:
+    warm = min(1.0, (step + 1) / 200)
+    return base * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+def _training_batch(net, raw: dict, config: WorldModelConfig, args, frac: float) -> dict:
+    """Chunk 1 from real context, or (after warm-up, half the time) chunk 2 from the model's
+    own prediction of chunk 1, so it learns to continue from what it draws."""
+    batch = to_model_batch(raw, 0, config)
+    if frac > args.self_cond_after and random.random() < 0.5:
+        with torch.no_grad():
+            net.eval()
+            pred = net.predict(batch)
+            net.train()
+        nxt = advance(batch, pred, raw["actions"][:, config.chunk_size : 2 * config.chunk_size])
+        nxt["target"] = to_model_batch(raw, 1, config)["target"]
+        batch = nxt
+    if args.context_noise > 0:
+        batch["context"] = batch["context"] + args.context_noise * torch.randn_like(
+            batch["context"]
+        )
+    return batch
+
+
+def _save(acc, model, opt, config, out, info, selected, losses, args) -> None:
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        return
+    net = acc.unwrap_model(model)
+    save_world_model(
+        out,
+        config,
+        net,
+        manifest_fields={
+            "parent": str(args.init) if args.init else None,
+            "data": sorted({str(s.root) for s, _ in selected}),
+            "n_episodes": len(selected),
+            "aligned_to_policy": args.align,
+            "metrics": {
+                "train/steps": info["step"],
+                "train/minutes": round(info["seconds"] / 60, 2),
+                "train/loss_last100": float(np.mean(losses[-100:])) if losses else None,
+            },
+        },
+    )
+    save_train_state(out, opt, info)
+    net.train()
