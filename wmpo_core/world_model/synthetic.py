@@ -67,7 +67,8 @@ def make_toy_store(
     store = EpisodeStore(root, create=True)
     rng = np.random.default_rng(seed)
     for i in range(n):
-        frames, actions, ok = toy_episode(rng, size, steps)
+        # Odd episodes act mostly at random: a mix of successes and failures.
+        frames, actions, ok = toy_episode(rng, size, steps, 0.1 if i % 2 == 0 else 0.9)
         meta = EpisodeMeta(id=f"toy{i:04d}", task="Toy", instruction="lift", success=ok, seed=i)
         store.add(meta, frames, actions)
     return store

@@ -1,0 +1,171 @@
+"""`wmpo train reward`: the success classifier that judges imagined episodes.
+
+    wmpo train reward --data STORE --out RM [--minutes M] [--imagined-from WM]
+
+Clips from labelled episodes (WMPO recipe): the final window of a success is
+positive; earlier windows of successes and any window of a failure are negative.
+Part of the training episodes is kept aside to calibrate the threshold: each
+calibration episode gets the maximum stride-1 window score (what
+`detect_success` thresholds), and the threshold maximising episode F1 is stored
+in the checkpoint. Episodes held out for `wmpo eval imagination` are never used.
+
+`--imagined-from WM` adds each training episode re-imagined by a world model from
+its first frame and real actions, with the real label: the classifier then sees
+the world model's rendering style, which is what it judges during GRPO.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wmpo_core.errors import WmpoError
+from wmpo_core.reward_model import RewardModel, RewardModelConfig, save_reward_model
+from wmpo_core.reward_model.processing_reward_model import (
+    calibrate_threshold,
+    clips_to_pixel_values,
+    training_clips,
+)
+from wmpo_core.world_model.training import is_heldout, load_arrays, select_episodes
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", action="append", required=True, help="episode store (repeatable)")
+    p.add_argument("--out", required=True, help="reward-model checkpoint directory to write")
+    p.add_argument("--task", default=None)
+    p.add_argument("--preset", default="tiny", choices=["tiny", "base"])
+    p.add_argument("--base-path", default="", help="base: local VideoMAE checkpoint directory")
+    p.add_argument("--minutes", type=float, default=5.0, help="wall-clock training budget")
+    p.add_argument(
+        "--max-epochs", type=int, default=0, help="stop after this many epochs (0: none)"
+    )
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--heldout-frac", type=float, default=0.15, help="episodes kept for eval")
+    p.add_argument("--cal-frac", type=float, default=0.2, help="training episodes for calibration")
+    p.add_argument("--imagined-from", default=None, help="world model: add re-imagined episodes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    selected = select_episodes(
+        args.data, task=args.task, heldout_frac=args.heldout_frac, labelled_only=True
+    )
+    cal_ids = {m.id for _, m in selected if is_heldout(m.id + "/reward-cal", args.cal_frac)}
+    arrays = load_arrays(selected)
+    labels = [bool(m.success) for _, m in selected]
+    ids = [m.id for _, m in selected]
+    train = [(f, y) for (f, _), y, i in zip(arrays, labels, ids, strict=True) if i not in cal_ids]
+    cal = [(f, y) for (f, _), y, i in zip(arrays, labels, ids, strict=True) if i in cal_ids]
+    if args.imagined_from:
+        imagined = _imagine(args.imagined_from, arrays)
+        train += [(f, y) for f, y, i in zip(imagined, labels, ids, strict=True) if i not in cal_ids]
+        cal += [(f, y) for f, y, i in zip(imagined, labels, ids, strict=True) if i in cal_ids]
+    n_pos = sum(y for _, y in train)
+    if n_pos == 0 or n_pos == len(train):
+        raise WmpoError(
+            f"{args.data}: reward training needs successes and failures; found {n_pos} successes "
+            f"in {len(train)} labelled episodes (collect with --perturb-frac for failures)"
+        )
+    size = int(arrays[0][0].shape[1])
+    config = RewardModelConfig(preset=args.preset, image_size=size, base_path=args.base_path)
+    model = RewardModel(config).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    print(
+        f"reward model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, "
+        f"{len(train)} train episodes ({n_pos} successes), {len(cal)} calibration episodes"
+    )
+    start, epoch = time.monotonic(), 0
+    bar = tqdm(total=int(args.minutes * 60), unit="s")
+    while time.monotonic() - start < args.minutes * 60:
+        loss = _epoch(model, opt, train, config, rng, args.batch_size)
+        epoch += 1
+        bar.update(int(time.monotonic() - start) - bar.n)
+        bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}")
+        if args.max_epochs and epoch >= args.max_epochs:
+            break
+    bar.close()
+    model.eval()
+    metrics = _calibrate(model, cal if cal else train)
+    print(
+        f"threshold {model.config.threshold:.3f}: calibration F1 {metrics['cal/f1']:.3f}, "
+        f"episode accuracy {metrics['cal/accuracy']:.3f} on {metrics['cal/episodes']} episodes"
+    )
+    save_reward_model(
+        args.out,
+        model,
+        manifest_fields={
+            "data": [str(Path(d)) for d in args.data],
+            "n_episodes": len(train),
+            "imagined_from": args.imagined_from,
+            "metrics": {"train/epochs": epoch, **metrics},
+        },
+    )
+    print(f"saved {args.out}")
+    return 0
+
+
+def _augment(x: torch.Tensor) -> torch.Tensor:
+    """Blur half the clips and add noise: imagined frames are softer than camera frames."""
+    n, f, c, h, w = x.shape
+    blur = torch.rand(n) < 0.5
+    if blur.any():
+        y = x[blur].reshape(-1, c, h, w)
+        y = F.avg_pool2d(y, 3, stride=1, padding=1, count_include_pad=False)
+        x = x.clone()
+        x[blur] = y.reshape(-1, f, c, h, w)
+    return x + 0.05 * torch.randn_like(x)
+
+
+def _epoch(model, opt, episodes, config, rng, batch_size: int) -> float:
+    clips, ys = [], []
+    for frames, y in episodes:
+        for idx, label in training_clips(frames, y, config.num_frames, rng):
+            clips.append(frames[idx])
+            ys.append(label)
+    order = rng.permutation(len(clips))
+    y_all = torch.tensor(ys)
+    pos_w = float((y_all == 0).sum()) / max(float((y_all == 1).sum()), 1.0)
+    weight = torch.tensor([1.0, pos_w])
+    losses = []
+    for i in range(0, len(order), batch_size):
+        sel = order[i : i + batch_size]
+        x = _augment(clips_to_pixel_values(np.stack([clips[j] for j in sel])))
+        loss = F.cross_entropy(model(x), y_all[sel], weight=weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return float(np.mean(losses))
+
+
+def _calibrate(model: RewardModel, episodes) -> dict[str, float]:
+    scores = np.array([model.window_probs(f)[0].max() for f, _ in episodes])
+    labels = np.array([y for _, y in episodes])
+    thr, f1 = calibrate_threshold(scores, labels)
+    model.config.threshold = thr
+    acc = float(((scores > thr) == labels).mean())
+    return {"cal/f1": f1, "cal/accuracy": acc, "cal/episodes": len(episodes), "cal/threshold": thr}
+
+
+def _imagine(wm_path: str, arrays) -> list[np.ndarray]:
+    from wmpo_core.world_model import load_world_model
+
+    wm = load_world_model(wm_path)
+    out = []
+    for frames, actions in arrays:
+        imagined = wm.rollout_actions(frames[None, 0], actions[None, :-1])[0]
+        out.append(np.concatenate([frames[:1], imagined]))
+    return out
