@@ -129,8 +129,20 @@ def read_sidecar(bag: str | Path) -> EpisodeSidecar | None:
         ) from None
 
 
+def event_id(event: dict[str, Any]) -> str:
+    """The episode id of an event (schema 1 of wmpo_core/runtime/episode.py says 'episode_id')."""
+    return str(event.get("episode_id") or event.get("id") or "")
+
+
+def is_discard(event: dict[str, Any]) -> bool:
+    """A discard is either {'event': 'discard'} or a label event with label 'discard'."""
+    return event.get("event") == "discard" or (
+        event.get("event") == "label" and event.get("label") == "discard"
+    )
+
+
 def apply_event(sidecar: EpisodeSidecar, event: dict[str, Any]) -> None:
-    """Fold one episode event (start / stop / label / discard) into the sidecar's fields."""
+    """Fold one episode event (start / stop / label / discard / reset) into the sidecar."""
     kind = event.get("event")
     for key in ("task", "instruction", "policy_version", "kind", "robot"):
         if event.get(key):
@@ -140,9 +152,9 @@ def apply_event(sidecar: EpisodeSidecar, event: dict[str, Any]) -> None:
             sidecar.seed = int(event["seed"])
         except (TypeError, ValueError):
             pass
-    if kind == "label" or (kind in ("start", "stop") and event.get("label")):
-        sidecar.label = str(event.get("label") or "")
-        sidecar.labelled_by = str(event.get("labelled_by") or "")
-    if kind == "discard":
+    if is_discard(event):
         sidecar.status = STATUS_DISCARDED
         sidecar.stop_reason = str(event.get("reason") or "discarded by the operator")
+    elif kind == "label" or (kind in ("start", "stop") and event.get("label")):
+        sidecar.label = str(event.get("label") or "")
+        sidecar.labelled_by = str(event.get("labelled_by") or "")
