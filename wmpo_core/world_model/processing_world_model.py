@@ -22,7 +22,7 @@ from wmpo_core.world_model.configuration_world_model import WorldModelConfig, Wo
 
 def frames_to_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 [..., H, W, 3] -> float [..., 3, H, W] in [-1, 1]."""
-    x = torch.as_tensor(np.asarray(frames) if not torch.is_tensor(frames) else frames)
+    x = frames if torch.is_tensor(frames) else torch.from_numpy(np.array(frames, copy=True))
     return x.movedim(-1, -3).float().div(127.5).sub(1.0)
 
 
