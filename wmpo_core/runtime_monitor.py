@@ -1,0 +1,185 @@
+"""Auto-rollback decision after a promotion (pure: no I/O, no ROS).
+
+After version `new` is promoted over `previous`, the robot's next episodes are
+watched. Rollback is recommended when, over the evaluation window:
+
+- success: the new version's success rate is below the previous version's by more
+  than `success_margin` (decided early as soon as even all-successes in the rest of
+  the window could not lift it back within the margin), or
+- safety: safety interventions per episode (safety-filter clamps, e-stops) exceed
+  `intervention_factor` x the previous rate + `intervention_slack` (checked from
+  `min_episodes` on, because a burst of interventions is a hazard, not just a regression).
+
+Otherwise, once the window is full, the version is kept. A margin, not a
+hypothesis test, is the rule an operator can read; `tests/test_runtime_monitor.py`
+measures how often it fires on noise (same true success rate) and on a planted
+regression with the default window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from wmpo_core.errors import WmpoError
+
+KEEP = "keep"
+ROLLBACK = "rollback"
+UNDECIDED = "undecided"
+
+
+@dataclass
+class MonitorConfig:
+    window_episodes: int = 40
+    """N: labelled episodes of the new version to judge it on. With 40 episodes, margin
+    0.15 and a previous record of 100 episodes, the rule fired on 4.6 % of simulated
+    equal-rate (0.7 vs 0.7) promotions and on 94.7 % / 99.9 % of 0.7 -> 0.4 / 0.3
+    regressions (2,000 trials each; docs/registry.md)."""
+    min_episodes: int = 10
+    """No verdict (early rollback included) before this many labelled episodes."""
+    success_margin: float = 0.15
+    """Rollback if success(new) < success(previous) - margin over the window."""
+    intervention_factor: float = 2.0
+    """Rollback if interventions/episode(new) > factor x previous + slack."""
+    intervention_slack: float = 0.5
+    """Absolute slack on interventions per episode (a previous rate of 0 must not make one
+    intervention a regression)."""
+
+    def __post_init__(self) -> None:
+        if self.window_episodes < 1 or not 1 <= self.min_episodes <= self.window_episodes:
+            raise WmpoError(
+                f"MonitorConfig: need 1 <= min_episodes <= window_episodes, got "
+                f"min_episodes={self.min_episodes}, window_episodes={self.window_episodes}"
+            )
+        if not 0.0 <= self.success_margin < 1.0:
+            raise WmpoError(
+                f"MonitorConfig: success_margin must be in [0, 1), got {self.success_margin}"
+            )
+        if self.intervention_factor < 1.0 or self.intervention_slack < 0.0:
+            raise WmpoError(
+                "MonitorConfig: need intervention_factor >= 1 and intervention_slack >= 0, got "
+                f"{self.intervention_factor}, {self.intervention_slack}"
+            )
+
+
+@dataclass
+class EpisodeOutcome:
+    version: str
+    """Policy version that ran the episode."""
+    success: bool | None
+    """Outcome label; None (unlabelled) counts for interventions only."""
+    interventions: int = 0
+    """Safety interventions during the episode (filter clamps, e-stops)."""
+
+
+@dataclass
+class VersionStats:
+    episodes: int = 0
+    labelled: int = 0
+    successes: int = 0
+    interventions: int = 0
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.labelled if self.labelled else float("nan")
+
+    @property
+    def interventions_per_episode(self) -> float:
+        return self.interventions / self.episodes if self.episodes else float("nan")
+
+    def add(self, outcome: EpisodeOutcome) -> None:
+        self.episodes += 1
+        self.interventions += int(outcome.interventions)
+        if outcome.success is not None:
+            self.labelled += 1
+            self.successes += int(bool(outcome.success))
+
+
+def stats_for(
+    outcomes: Iterable[EpisodeOutcome], version: str, last: int | None = None
+) -> VersionStats:
+    """Stats of one version's episodes (the most recent `last` of them if given)."""
+    mine = [o for o in outcomes if o.version == version]
+    if last is not None:
+        mine = mine[-last:]
+    stats = VersionStats()
+    for o in mine:
+        stats.add(o)
+    return stats
+
+
+@dataclass
+class Decision:
+    action: str
+    """'keep', 'rollback' or 'undecided'."""
+    reason: str
+    new: VersionStats
+    previous: VersionStats
+
+
+@dataclass
+class RollbackMonitor:
+    """Feed it the episodes after a promotion; it says keep, rollback or not yet."""
+
+    new_version: str
+    previous_version: str
+    previous: VersionStats
+    """The previous version's record (e.g. stats_for(history, previous, last=window))."""
+    config: MonitorConfig = field(default_factory=MonitorConfig)
+    new: VersionStats = field(default_factory=VersionStats)
+
+    def __post_init__(self) -> None:
+        if self.previous.labelled == 0:
+            raise WmpoError(
+                f"RollbackMonitor: no labelled episodes of the previous version "
+                f"{self.previous_version} to compare against; label some, or promote without "
+                "auto-rollback"
+            )
+
+    def observe(self, outcome: EpisodeOutcome) -> Decision:
+        """Count an episode of the new version (others are ignored) and decide."""
+        if outcome.version == self.new_version and self.new.labelled < self.config.window_episodes:
+            self.new.add(outcome)
+        return self.decide()
+
+    def observe_all(self, outcomes: Sequence[EpisodeOutcome]) -> Decision:
+        decision = self.decide()
+        for o in outcomes:
+            decision = self.observe(o)
+            if decision.action != UNDECIDED:
+                break
+        return decision
+
+    def decide(self) -> Decision:
+        cfg, new, prev = self.config, self.new, self.previous
+        if new.labelled < cfg.min_episodes:
+            return self._decision(UNDECIDED, f"{new.labelled}/{cfg.min_episodes} labelled episodes")
+        limit = prev.interventions_per_episode * cfg.intervention_factor + cfg.intervention_slack
+        if new.interventions_per_episode > limit:
+            return self._decision(
+                ROLLBACK,
+                f"safety interventions {new.interventions_per_episode:.2f}/episode over "
+                f"{new.episodes} episodes > limit {limit:.2f} "
+                f"({self.previous_version}: {prev.interventions_per_episode:.2f})",
+            )
+        floor = prev.success_rate - cfg.success_margin
+        # Best case: every remaining episode of the window succeeds.
+        remaining = cfg.window_episodes - new.labelled
+        best = (new.successes + remaining) / cfg.window_episodes
+        if best < floor:
+            return self._decision(
+                ROLLBACK,
+                f"success {new.successes}/{new.labelled} ({new.success_rate:.2f}) cannot reach "
+                f"{floor:.2f} = {self.previous_version}'s {prev.success_rate:.2f} - margin "
+                f"{cfg.success_margin:.2f} within {cfg.window_episodes} episodes",
+            )
+        if remaining == 0:
+            return self._decision(
+                KEEP,
+                f"success {new.success_rate:.2f} >= {floor:.2f} over {new.labelled} episodes; "
+                f"interventions {new.interventions_per_episode:.2f}/episode <= {limit:.2f}",
+            )
+        return self._decision(UNDECIDED, f"{new.labelled}/{cfg.window_episodes} labelled episodes")
+
+    def _decision(self, action: str, reason: str) -> Decision:
+        return Decision(action, f"{self.new_version}: {reason}", self.new, self.previous)
