@@ -69,6 +69,10 @@ class TrainPolicyConfig:
     """K actions per chunk."""
     augment: bool = True
     """Random shift + colour jitter on training images."""
+    shift_pad: int = 3
+    """Random shift of up to +-shift_pad pixels (DrQ uses 4 at 84 px)."""
+    color_jitter: float = 0.1
+    """Brightness / contrast jitter amplitude (images in [-1, 1])."""
     with_rollouts: bool = False
     """Also clone successful policy rollouts from the store."""
     val_episodes: int = -1
@@ -116,6 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--chunk-size", type=int, default=8)
     parser.add_argument("--no-augment", action="store_true", help="turn image augmentation off")
+    parser.add_argument("--shift-pad", type=int, default=3, help="random shift, pixels")
     parser.add_argument(
         "--with-rollouts", action="store_true", help="also clone successful rollouts"
     )
@@ -148,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         chunk_size=args.chunk_size,
         augment=not args.no_augment,
+        shift_pad=args.shift_pad,
         with_rollouts=args.with_rollouts,
         val_episodes=args.val_episodes,
         seed=args.seed,
@@ -268,11 +274,13 @@ def bc_loss(
     processor: PolicyProcessor,
     sample: dict,
     aug_gen: torch.Generator | None,
+    shift_pad: int = 3,
+    color_jitter: float = 0.1,
 ) -> tuple[torch.Tensor, float]:
     """Masked token cross-entropy of a window batch; returns (loss, token accuracy)."""
     batch = processor.batch(sample["frames"], sample["instruction"])
     if aug_gen is not None:
-        batch.images = augment_images(batch.images, aug_gen)
+        batch.images = augment_images(batch.images, aug_gen, pad=shift_pad, jitter=color_jitter)
     tokens = torch.from_numpy(processor.tokenizer.encode(sample["actions"]))  # [B, K, D]
     valid = torch.from_numpy(sample["action_valid"])[:, :, None].expand_as(tokens).float()
     logits = model(batch)
@@ -312,7 +320,7 @@ def _identity(cfg: TrainPolicyConfig, train_ids: list[str]) -> dict:
         d.pop(key)
     d["n_train_episodes"] = len(train_ids)
     d["train_ids_head"] = train_ids[:3]
-    return d
+    return json.loads(json.dumps(d))  # tuples -> lists, as they come back from state.json
 
 
 def train_policy(cfg: TrainPolicyConfig) -> dict:
@@ -381,7 +389,14 @@ def train_policy(cfg: TrainPolicyConfig) -> dict:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         sample = train_data.get_batch(rng.integers(0, len(train_data), size=cfg.batch_size))
-        loss, acc = bc_loss(model, processor, sample, aug_gen if cfg.augment else None)
+        loss, acc = bc_loss(
+            model,
+            processor,
+            sample,
+            aug_gen if cfg.augment else None,
+            cfg.shift_pad,
+            cfg.color_jitter,
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

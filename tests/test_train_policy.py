@@ -1,0 +1,187 @@
+"""Behaviour cloning of the policy: windows, loss goes down, resumable and deterministic, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from offline_trainer.datasets import WindowDataset, WindowSpec, select_episodes
+from offline_trainer.train_policy import TrainPolicyConfig, state_dir_for, train_policy
+from wmpo_core.errors import WmpoError
+from wmpo_core.policy import load_policy_checkpoint
+from wmpo_core.policy_api import Observation
+from wmpo_core.store import EpisodeMeta, EpisodeStore
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = dict(d_model=32, n_layers=1, n_heads=2, vision_channels=(8, 8, 8), vision_grid=4)
+
+
+def make_toy_store(root: Path, n_eps: int = 6, length: int = 24, size: int = 32) -> EpisodeStore:
+    """Episodes whose actions are a function of what the image shows (a red square's place)."""
+    rng = np.random.default_rng(0)
+    store = EpisodeStore(root, create=True)
+    for e in range(n_eps):
+        r, c = rng.integers(2, size - 6, 2)
+        frames = np.full((length, size, size, 3), 40, np.uint8)
+        frames[:, r : r + 4, c : c + 4] = (255, 0, 0)
+        actions = np.zeros((length, 7), np.float32)
+        actions[:, 0] = (r - size / 2) / size * 2
+        actions[:, 1] = (c - size / 2) / size * 2
+        actions[:, 2] = np.sin(np.arange(length) / 4)
+        actions[:, 6] = np.where(np.arange(length) > length // 2, 1.0, -1.0)
+        frames[:, 0, 0, 1] = np.arange(length) * 10  # a clock pixel, so frame t is identifiable
+        store.add(
+            EpisodeMeta(
+                id=f"toy{e:03d}", task="Lift", instruction="lift the red cube", success=True
+            ),
+            frames,
+            actions,
+        )
+    store.add(
+        EpisodeMeta(id="roll000", task="Lift", instruction="lift the red cube", kind="rollout"),
+        frames,
+        actions,
+    )
+    return store
+
+
+@pytest.fixture(scope="module")
+def toy_store(tmp_path_factory) -> EpisodeStore:
+    return make_toy_store(tmp_path_factory.mktemp("toy") / "store")
+
+
+def test_policy_windows_pair_frame_t_with_actions_t_to_t_plus_k(toy_store):
+    data = WindowDataset(toy_store, ["toy000"], WindowSpec(context_frames=1, future_actions=8))
+    ep = toy_store.load("toy000")
+    assert len(data) == 24 and data.image_size == 32
+    s = data[20]
+    assert s["frames"].shape == (1, 32, 32, 3) and s["frames"][0, 0, 0, 1] == 200
+    assert np.array_equal(s["actions"][:4], ep.actions[20:24])
+    assert s["action_valid"].tolist() == [True] * 4 + [False] * 4  # past the end: padded
+    assert np.array_equal(s["actions"][4:], np.repeat(ep.actions[23:24], 4, axis=0))
+    batch = data.get_batch([0, 5, 20])
+    assert batch["frames"].shape == (3, 1, 32, 32, 3) and batch["actions"].shape == (3, 8, 7)
+    assert batch["instruction"] == ["lift the red cube"] * 3
+
+
+def test_world_model_windows_repeat_the_first_frame_as_context(toy_store):
+    spec = WindowSpec(context_frames=4, future_frames=8, past_actions=4, future_actions=8)
+    data = WindowDataset(toy_store, ["toy001"], spec)
+    s = data[1]
+    assert s["frames"].shape == (12, 32, 32, 3)
+    assert s["frame_valid"].tolist() == [False, False, True, True] + [True] * 8
+    clock = toy_store.load("toy001").frames[:, 0, 0, 1]
+    assert s["frames"][0, 0, 0, 1] == clock[0] and s["frames"][2, 0, 0, 1] == clock[0]
+    assert s["frames"][3, 0, 0, 1] == clock[1] and s["frames"][-1, 0, 0, 1] == clock[9]
+    assert s["actions"].shape == (12, 7) and s["action_valid"][:3].tolist() == [False, False, False]
+    resized = WindowDataset(toy_store, ["toy001"], spec, image_size=16)  # resized on the fly
+    assert resized[1]["frames"].shape == (12, 16, 16, 3)
+
+
+def test_episode_selection(toy_store):
+    demos = select_episodes(toy_store, task="Lift")
+    assert "roll000" not in demos and len(demos) == 6
+    assert select_episodes(toy_store, task="Stack") == []
+    assert "roll000" not in select_episodes(toy_store, task="Lift", successful_rollouts=True)
+
+
+def _cfg(store, out, **kw) -> TrainPolicyConfig:
+    base = dict(
+        data=str(store.root),
+        out=str(out),
+        task="Lift",
+        steps=20,
+        batch_size=16,
+        log_every=5,
+        save_every=10,
+        progress=False,
+        policy_overrides=SMALL,
+    )
+    return TrainPolicyConfig(**{**base, **kw})
+
+
+def test_bc_lowers_the_loss_and_the_policy_follows_the_image(toy_store, tmp_path):
+    # no augmentation here: a random shift would move the square that encodes the label
+    result = train_policy(_cfg(toy_store, tmp_path / "ckpt", steps=120, lr=3e-3, augment=False))
+    hist = result["history"]
+    assert hist[-1]["loss"] < 0.5 * hist[0]["loss"], hist
+    assert result["curve"].is_file() and result["curve"].stat().st_size > 1000
+    policy = load_policy_checkpoint(result["checkpoint"])
+    # the x/y actions it predicts track the square's position in each demonstration
+    errs = []
+    for eid in ("toy000", "toy003"):
+        ep = toy_store.load(eid)
+        obs = Observation(
+            images={"camera": np.asarray(ep.frames[3])}, instruction="lift the red cube"
+        )
+        errs.append(np.abs(policy.predict_chunk(obs)[:, :2] - ep.actions[3:11, :2]).mean())
+    assert max(errs) < 0.15, errs
+    manifest = json.loads((result["checkpoint"] / "manifest.json").read_text())
+    assert manifest["data"]["n_episodes"] == 6 and manifest["metrics"]["steps"] == 120
+
+
+def test_training_is_deterministic_and_resumes_exactly(toy_store, tmp_path):
+    straight = train_policy(_cfg(toy_store, tmp_path / "a"))
+    paused = train_policy(_cfg(toy_store, tmp_path / "b", stop_at=10))
+    assert paused["checkpoint"] is None
+    state = state_dir_for(tmp_path / "b")
+    assert sorted(p.name for p in state.iterdir()) == [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+    ]
+    assert json.loads((state / "state.json").read_text())["step"] == 10
+    resumed = train_policy(_cfg(toy_store, tmp_path / "b"))
+    wa = load_file(str(straight["checkpoint"] / "model.safetensors"))
+    wb = load_file(str(resumed["checkpoint"] / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    other_seed = train_policy(_cfg(toy_store, tmp_path / "c", seed=1))
+    wc = load_file(str(other_seed["checkpoint"] / "model.safetensors"))
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+    # a state made with other settings is not silently mixed in
+    train_policy(_cfg(toy_store, tmp_path / "d", stop_at=5))
+    with pytest.raises(WmpoError, match="different settings"):
+        train_policy(_cfg(toy_store, tmp_path / "d", lr=5e-4))
+
+
+def test_cli_trains_and_refuses_to_overwrite(toy_store, tmp_path):
+    out = tmp_path / "cli_ckpt"
+    cmd = [
+        sys.executable,
+        "-m",
+        "wmpo_core.cli",
+        "train",
+        "policy",
+        "--data",
+        str(toy_store.root),
+        "--out",
+        str(out),
+        "--task",
+        "Lift",
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--no-progress",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "wrote" in done.stdout and (out / "manifest.json").is_file()
+    assert out.with_name("cli_ckpt.curve.png").is_file()
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    missing = subprocess.run(
+        [*cmd[:5], "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert missing.returncode == 1 and "not an episode store" in missing.stderr
