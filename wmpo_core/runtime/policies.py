@@ -1,0 +1,180 @@
+"""Policies policy_node can run, and the one function that picks them: `load_policy`.
+
+Spec strings (the node's `policy` parameter):
+- 'scripted'            the embedded sim's scripted expert (needs the privileged sim
+                        state in Observation.privileged; evaluation / plumbing only)
+- 'random'              uniform random actions (plumbing and safety tests)
+- a checkpoint path     handed to wmpo_core.policy.load_policy_checkpoint (the VLA)
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wmpo_core.errors import CheckpointError, WmpoError
+from wmpo_core.interfaces import (
+    DEFAULT_CHUNK_SIZE,
+    EE_ACTION_DIM,
+    EE_ACTION_NAMES,
+    OSC_MAX_TRANSLATION_M,
+)
+from wmpo_core.policy_api import ChunkPolicy, Observation
+
+
+class RandomPolicy:
+    """Uniform actions in [-scale, scale] (gripper uniform in [-1, 1]); seeded."""
+
+    def __init__(self, chunk_size: int = DEFAULT_CHUNK_SIZE, scale: float = 0.3, seed: int = 0):
+        if chunk_size < 1 or not 0 <= scale <= 1:
+            raise ValueError(f"need chunk_size >= 1 and 0 <= scale <= 1, got {chunk_size}, {scale}")
+        self.action_names = EE_ACTION_NAMES
+        self.chunk_size = chunk_size
+        self.version = f"random-{scale:g}"
+        self.scale = scale
+        self.seed = seed
+        self.reset()
+
+    def reset(self) -> None:
+        self._rng = np.random.default_rng(self.seed)
+
+    def predict_chunk(self, obs: Observation) -> np.ndarray:
+        a = self._rng.uniform(-self.scale, self.scale, (self.chunk_size, EE_ACTION_DIM))
+        a[:, -1] = self._rng.uniform(-1, 1, self.chunk_size)
+        return a.astype(np.float32)
+
+
+class ScriptedPolicy:
+    """The sim's scripted expert, emitting chunks.
+
+    The expert is closed loop on privileged state, one action per state. For a chunk
+    of K it is stepped K times on a predicted state: the end effector is advanced by
+    `gain` x the commanded displacement (OSC_POSE reaches roughly that fraction of
+    its target in one period). Short chunks (K = 4) keep the prediction honest.
+    """
+
+    def __init__(
+        self,
+        task: str = "Lift",
+        chunk_size: int = 4,
+        noise: float = 0.0,
+        seed: int = 0,
+        gain: float = 0.5,
+    ):
+        sim = _import_sim()
+        self._make = lambda: sim.make_expert(task, noise, seed)
+        self.expert = self._make()
+        self.action_names = EE_ACTION_NAMES
+        self.chunk_size = chunk_size
+        self.version = f"scripted-{task}"
+        self.gain = gain
+
+    def reset(self) -> None:
+        self.expert = self._make()
+
+    def predict_chunk(self, obs: Observation) -> np.ndarray:
+        if not obs.privileged:
+            raise WmpoError(
+                "scripted policy: no privileged sim state in the observation; set policy_node's "
+                "use_privileged_state: true and run the sim (it publishes /wmpo/sim/state)"
+            )
+        state = dict(obs.privileged)
+        out = np.zeros((self.chunk_size, EE_ACTION_DIM), dtype=np.float32)
+        for k in range(self.chunk_size):
+            a = np.asarray(self.expert.act(state), dtype=np.float64)
+            out[k] = a
+            state = self._predict(state, a)
+        return out
+
+    def _predict(self, state: dict[str, Any], a: np.ndarray) -> dict[str, Any]:
+        state = dict(state)
+        if "eef_pos" in state:
+            step = a[:3] * OSC_MAX_TRANSLATION_M * self.gain
+            state["eef_pos"] = (np.asarray(state["eef_pos"], dtype=np.float64) + step).tolist()
+        return state
+
+
+class DelayedPolicy:
+    """Wraps a policy and adds a fixed inference delay (benchmarks and tests only)."""
+
+    def __init__(self, inner: ChunkPolicy, delay_s: float):
+        if delay_s < 0:
+            raise ValueError(f"delay_s must be >= 0, got {delay_s}")
+        self.inner = inner
+        self.delay_s = delay_s
+        self.action_names = inner.action_names
+        self.chunk_size = inner.chunk_size
+        self.version = inner.version
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def predict_chunk(self, obs: Observation) -> np.ndarray:
+        t0 = time.monotonic()
+        out = self.inner.predict_chunk(obs)
+        rest = self.delay_s - (time.monotonic() - t0)
+        if rest > 0:
+            time.sleep(rest)
+        return out
+
+
+def _import_sim():
+    try:
+        return importlib.import_module("wmpo_core.sim")
+    except ModuleNotFoundError as exc:
+        raise WmpoError(
+            f"policy 'scripted' needs the embedded sim (wmpo_core.sim): {exc}. Run `make setup`."
+        ) from None
+
+
+def load_policy(
+    spec: str,
+    *,
+    task: str = "Lift",
+    chunk_size: int = 0,
+    seed: int = 0,
+    noise: float = 0.0,
+    device: str = "cpu",
+    delay_s: float = 0.0,
+) -> ChunkPolicy:
+    """A policy from its spec string ('scripted', 'random' or a checkpoint directory).
+
+    chunk_size 0 keeps each policy's own default; delay_s > 0 wraps it in DelayedPolicy.
+    """
+    spec = spec.strip()
+    if spec == "scripted":
+        policy = ScriptedPolicy(task, chunk_size or 4, noise=noise, seed=seed)
+    elif spec == "random":
+        policy = RandomPolicy(chunk_size or DEFAULT_CHUNK_SIZE, seed=seed)
+    else:
+        policy = _load_checkpoint(spec, device)
+    if not isinstance(policy, ChunkPolicy):
+        raise WmpoError(f"policy '{spec}': {type(policy).__name__} does not implement ChunkPolicy")
+    return DelayedPolicy(policy, delay_s) if delay_s > 0 else policy
+
+
+def _load_checkpoint(spec: str, device: str) -> ChunkPolicy:
+    path = Path(spec).expanduser()
+    if not spec or not path.exists():
+        raise CheckpointError(
+            f"policy '{spec}': not 'scripted', 'random' or an existing checkpoint directory "
+            "(set the policy parameter, e.g. -p policy_node:policy:=scripted)"
+        )
+    try:
+        module = importlib.import_module("wmpo_core.policy")
+    except ModuleNotFoundError as exc:
+        raise WmpoError(
+            f"policy '{spec}': checkpoint policies need wmpo_core.policy ({exc})"
+        ) from None
+    loader = getattr(module, "load_policy_checkpoint", None)
+    if loader is None:
+        raise WmpoError(
+            f"policy '{spec}': wmpo_core.policy has no load_policy_checkpoint() in this build"
+        )
+    kwargs = {"device": device} if "device" in inspect.signature(loader).parameters else {}
+    return loader(path, **kwargs)
