@@ -56,7 +56,7 @@ def save_world_model(
     overwrite: bool = True,
 ) -> Path:
     # The base preset's VAE is frozen and loaded from its own local path, not stored here.
-    target = net.trainable_module() if hasattr(net, "trainable_module") else net
+    target = net.stored_module() if hasattr(net, "stored_module") else net
     state = target.state_dict()
     return save_checkpoint(
         path,
@@ -72,7 +72,7 @@ def load_network(path: str | Path) -> tuple[WorldModelConfig, torch.nn.Module, d
     ckpt = load_checkpoint(path, kind=KIND)
     config = WorldModelConfig.from_dict(ckpt.config)
     net = build_network(config)
-    target = net.trainable_module() if hasattr(net, "trainable_module") else net
+    target = net.stored_module() if hasattr(net, "stored_module") else net
     load_state_strict(target, ckpt.state_dict, str(path))
     return config, net, ckpt.manifest
 
