@@ -122,8 +122,10 @@ class VLAChunkPolicy:
         manifest: dict[str, Any],
         temperature: float = 0.0,
         seed: int | None = None,
+        device: str = "cpu",
     ):
-        self.model = model
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
         self.processor = processor
         self.manifest = manifest
         self.temperature = float(temperature)
@@ -160,16 +162,18 @@ class VLAChunkPolicy:
             if any(o.proprio is None for o in observations):
                 raise ValueError("this policy needs proprio, the observation has none")
             proprio = np.stack([np.asarray(o.proprio, dtype=np.float32) for o in observations])
-        batch = self.processor.batch(frames, instructions, proprio)
+        batch = self.processor.batch(frames, instructions, proprio).to(self.device)
         with torch.no_grad():
             logits = self.model(batch)
-            tokens = sample_tokens(logits, self.temperature, self._generator)
+            tokens = sample_tokens(logits.cpu(), self.temperature, self._generator)
         return self.processor.tokenizer.decode(tokens)
 
 
 def load_policy_checkpoint(
-    path: str | Path, temperature: float = 0.0, seed: int | None = None
+    path: str | Path, temperature: float = 0.0, seed: int | None = None, device: str = "cpu"
 ) -> VLAChunkPolicy:
     """A verified checkpoint directory -> a ChunkPolicy (greedy by default) for policy_node."""
     model, processor, manifest = load_policy(path)
-    return VLAChunkPolicy(model, processor, manifest, temperature=temperature, seed=seed)
+    return VLAChunkPolicy(
+        model, processor, manifest, temperature=temperature, seed=seed, device=device
+    )
