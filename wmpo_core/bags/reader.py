@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rosbags.rosbag2 import Reader
 from rosbags.rosbag2.errors import ReaderError
 
@@ -97,7 +98,7 @@ def bag_info(bag: str | Path) -> BagInfo:
     bag = Path(bag)
     reader = open_reader(bag)
     try:
-        topics = {c.topic: (c.msgtype, c.msgcount) for c in reader.connections}
+        topics = {name: (t.msgtype or "", t.msgcount) for name, t in reader.topics.items()}
         return BagInfo(
             path=bag,
             duration_s=reader.duration / 1e9 if reader.message_count else 0.0,
@@ -105,11 +106,16 @@ def bag_info(bag: str | Path) -> BagInfo:
             message_count=reader.message_count,
             topics=topics,
             size_bytes=bag_size(bag),
-            files=[p.name for p in reader.paths],
+            files=_file_names(bag),
             sidecar=read_sidecar(bag),
         )
     finally:
         reader.close()
+
+
+def _file_names(bag: Path) -> list[str]:
+    info = yaml.safe_load((bag / METADATA_NAME).read_text())["rosbag2_bagfile_information"]
+    return [Path(p).name for p in info["relative_file_paths"]]
 
 
 def find_bags(roots: Iterable[str | Path]) -> list[Path]:
