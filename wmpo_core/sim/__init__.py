@@ -1,0 +1,10 @@
+"""The embedded simulated arm: robosuite Panda + OSC_POSE behind a small ROS-free API.
+
+`SimArm` (arm.py) is what the sim node, the scripted experts' CLI and
+`wmpo collect` drive; `make_expert` (experts.py) returns a scripted expert per
+task. Importing this package does not import robosuite: arm.py does, lazily.
+"""
+
+from wmpo_core.sim.tasks import TASK_SPECS, TaskSpec, task_spec
+
+__all__ = ["TASK_SPECS", "TaskSpec", "task_spec"]
