@@ -88,7 +88,11 @@ class ToyReward:
 
     def detect_success(self, frames):
         hit = frames[:, :, 0, 0, 0] == self.code  # [B, T]
-        first = torch.where(hit.any(dim=1), hit.float().argmax(dim=1), torch.full_like(hit[:, 0], -1, dtype=torch.long))
+        first = torch.where(
+            hit.any(dim=1),
+            hit.float().argmax(dim=1),
+            torch.full_like(hit[:, 0], -1, dtype=torch.long),
+        )
         return hit.any(dim=1), first.long()
 
 
@@ -125,8 +129,13 @@ def test_rollout_truncates_at_detected_success_and_records_old_logprobs():
     torch.manual_seed(0)
     policy = ToyPolicy()
     batch = imagine_rollouts(
-        policy, ToyImagination(), ToyReward(), torch.zeros(64, H, H, 3, dtype=torch.uint8),
-        ["x"] * 64, max_chunks=3, temperature=1.6,
+        policy,
+        ToyImagination(),
+        ToyReward(),
+        torch.zeros(64, H, H, 3, dtype=torch.uint8),
+        ["x"] * 64,
+        max_chunks=3,
+        temperature=1.6,
     )
     assert batch.tokens.shape == (64, batch.chunk_mask.shape[1], K, D)
     target = torch.tensor(TARGET)
@@ -159,7 +168,9 @@ def test_grpo_raises_probability_of_the_rewarded_chunk(tmp_path):
     late = sum(r["rollout/success_rate"] for r in rows[-3:]) / 3
     assert late > early + 0.25, (early, late)
     # an un-updated policy reproduces the rollout log-probs exactly (ratio starts at 1)
-    assert all(r["debug/first_logprob_max_abs_diff"] < 1e-6 for r in rows if "train/skipped" not in r)
+    assert all(
+        r["debug/first_logprob_max_abs_diff"] < 1e-6 for r in rows if "train/skipped" not in r
+    )
     for key in ("groups/frac_dropped", "losses/clip_frac", "losses/entropy", "rollout/mean_length"):
         assert key in rows[0]
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -246,7 +257,9 @@ def test_store_initial_states_draws_first_frames(tmp_path):
     store = EpisodeStore(tmp_path / "store", create=True)
     for i in range(3):
         frames = np.full((5, H, H, 3), 10 * i, np.uint8)
-        store.add(EpisodeMeta(id=f"ep{i}", task="Lift", instruction=f"task {i}"), frames, np.zeros((5, 7)))
+        store.add(
+            EpisodeMeta(id=f"ep{i}", task="Lift", instruction=f"task {i}"), frames, np.zeros((5, 7))
+        )
     states = StoreInitialStates(store)
     frames, instructions = states.sample(5, torch.Generator().manual_seed(0))
     assert frames.shape == (5, H, H, 3) and frames.dtype == torch.uint8
@@ -275,7 +288,86 @@ def test_rollout_batch_concat_pads_chunks():
 def test_cli_train_grpo_help():
     out = subprocess.run(
         [sys.executable, "-m", "wmpo_core.cli", "train", "grpo", "--help"],
-        capture_output=True, text=True, cwd=REPO,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     assert out.returncode == 0, out.stderr
     assert "--world-model" in out.stdout and "--reward" in out.stdout
+
+
+def _tiny_real_models(d: Path) -> None:
+    """Untrained tiny policy / world model / reward model checkpoints and a 3-episode store."""
+    import numpy as np
+
+    from wmpo_core.policy.checkpoint_policy import save_policy_checkpoint
+    from wmpo_core.policy.configuration_policy import preset_config
+    from wmpo_core.policy.modeling_policy import VLAPolicyModel
+    from wmpo_core.policy.processing_policy import NormalizationStats
+    from wmpo_core.reward_model import save_reward_model
+    from wmpo_core.reward_model.configuration_reward_model import RewardModelConfig
+    from wmpo_core.reward_model.modeling_reward_model import RewardModel
+    from wmpo_core.store import EpisodeMeta, EpisodeStore
+    from wmpo_core.world_model import build_network, save_world_model, tiny_config
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    pcfg = preset_config(
+        "tiny", image_size=32, d_model=32, n_layers=1, vision_channels=(8, 16, 16), vision_grid=4
+    )
+    stats = NormalizationStats.from_actions(rng.uniform(-1, 1, (100, 7)))
+    save_policy_checkpoint(
+        d / "policy",
+        VLAPolicyModel(pcfg),
+        stats,
+        instructions=["lift the red cube"],
+        episode_ids=["e0"],
+    )
+    wcfg = tiny_config()
+    save_world_model(d / "wm", wcfg, build_network(wcfg))
+    rcfg = RewardModelConfig(image_size=32, hidden_size=32, num_layers=1, intermediate_size=64)
+    save_reward_model(d / "rm", RewardModel(rcfg))
+    store = EpisodeStore(d / "store", create=True)
+    for i in range(3):
+        frames = rng.integers(0, 255, (4, 128, 128, 3), dtype=np.uint8)
+        store.add(
+            EpisodeMeta(id=f"e{i}", task="Lift", instruction="lift the red cube"),
+            frames,
+            np.zeros((4, 7)),
+        )
+
+
+def test_cli_runs_grpo_on_the_real_tiny_models_and_resumes(tmp_path):
+    """Wiring, not learning: untrained models, so groups are kept whatever their success
+    rate ([0, 1]) to drive the whole update path (log-probs, backward, optimizer, export)."""
+    from wmpo_core.cli import main as wmpo_main
+    from wmpo_core.policy.checkpoint_policy import load_policy, load_policy_checkpoint
+
+    _tiny_real_models(tmp_path)
+    common = [
+        "train", "grpo", "--policy", str(tmp_path / "policy"), "--world-model", str(tmp_path / "wm"),
+        "--reward", str(tmp_path / "rm"), "--store", str(tmp_path / "store"), "--out", str(tmp_path / "run"),
+        "--set", "groups_per_step=2", "group_size=4", "max_chunks=2", "minibatch_trajectories=8",
+        "micro_batch_trajectories=4", "rollout_batch_size=8", "success_rate_low=0.0",
+        "success_rate_high=1.0", "learning_rate=0.01", "checkpoint_every=1",
+    ]  # fmt: skip
+    assert wmpo_main([*common, "--iterations", "1"]) == 0
+    assert wmpo_main([*common, "--iterations", "2"]) == 0  # resumes after iteration 1
+    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [int(r["iteration"]) for r in rows] == [1, 2]
+    for r in rows:
+        assert r["groups/kept"] == 2.0 and r["train/optimizer_steps"] == 1.0
+        assert r["debug/first_logprob_max_abs_diff"] < 1e-5  # adapters reproduce the sampler
+        assert r["train/tokens"] > 0
+    trained = load_policy_checkpoint(tmp_path / "run/policy")
+    start, _, _ = load_policy(tmp_path / "policy")
+    moved = any(
+        not torch.equal(a, b)
+        for a, b in zip(
+            start.state_dict().values(), trained.model.state_dict().values(), strict=True
+        )
+    )
+    assert moved  # AdamW stepped (weight decay at least)
+    _, _, manifest = load_policy(tmp_path / "run/policy")
+    assert manifest["trainer"] == "grpo" and manifest["iterations"] == 2
+    assert manifest["parent"] == str((tmp_path / "policy").resolve())

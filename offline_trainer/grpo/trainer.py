@@ -137,6 +137,7 @@ class GRPOTrainer:
         frozen_modules: Sequence[torch.nn.Module] | None = None,
         policy_config: dict[str, Any] | None = None,
         manifest_fields: dict[str, Any] | None = None,
+        export_fn: Callable[[Path, dict[str, Any]], Path] | None = None,
         log: Callable[[str], None] | None = print,
     ):
         if config.kl_coef > 0 and reference is None:
@@ -151,6 +152,7 @@ class GRPOTrainer:
         self.log = log or (lambda _msg: None)
         self.policy_config = policy_config
         self.manifest_fields = manifest_fields or {}
+        self.export_fn = export_fn
         self.frozen = (
             list(frozen_modules)
             if frozen_modules is not None
@@ -428,24 +430,30 @@ class GRPOTrainer:
         atomic_write_json_lines(path, keep)
 
     def export_policy(self, path: Path, metrics: dict[str, float]) -> Path:
-        """The trained policy as a verified checkpoint (kind 'policy')."""
+        """The trained policy as a verified checkpoint (kind 'policy').
+
+        `export_fn(path, manifest_fields)` writes it when given (the real VLA needs its
+        normalization stats beside the weights); otherwise a plain checkpoint is written."""
+        clean = {k: v for k, v in metrics.items() if isinstance(v, float) and np.isfinite(v)}
+        fields = {
+            "trainer": "grpo",
+            "grpo": self.config.to_dict(),
+            "iterations": self.iteration,
+            "metrics": clean,
+            **self.manifest_fields,
+        }
+        if self.export_fn is not None:
+            return self.export_fn(path, fields)
         config = self.policy_config
         if config is None:
             policy_cfg = getattr(self.policy, "config", None)
             config = dataclasses.asdict(policy_cfg) if dataclasses.is_dataclass(policy_cfg) else {}
-        clean = {k: v for k, v in metrics.items() if isinstance(v, float) and np.isfinite(v)}
         return save_checkpoint(
             path,
             kind="policy",
             config=config,
             state_dict={k: v.detach().clone() for k, v in self.policy.state_dict().items()},
-            manifest_fields={
-                "trainer": "grpo",
-                "grpo": self.config.to_dict(),
-                "iterations": self.iteration,
-                "metrics": clean,
-                **self.manifest_fields,
-            },
+            manifest_fields=fields,
             overwrite=True,
         )
 

@@ -1,0 +1,108 @@
+"""`wmpo train grpo`: GRPO of the policy inside the world model (docs/grpo.md)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from offline_trainer.grpo.config import PRESETS, GRPOConfig
+from wmpo_core.errors import WmpoError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy", required=True, help="policy checkpoint to start from (BC or a registry version)"
+    )
+    parser.add_argument("--world-model", required=True, help="world-model checkpoint (frozen)")
+    parser.add_argument("--reward", required=True, help="reward-model checkpoint (frozen)")
+    parser.add_argument(
+        "--store", required=True, help="episode store; first frames are the initial states"
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="run directory: metrics.jsonl, checkpoints/, policy/ (re-run to resume)",
+    )
+    parser.add_argument(
+        "--preset", default="tiny", choices=sorted(PRESETS), help="GRPO defaults (default: tiny)"
+    )
+    parser.add_argument(
+        "--episodes", nargs="*", default=None, help="only these episode ids as initial states"
+    )
+    parser.add_argument(
+        "--iterations", type=int, default=None, help="override GRPOConfig.iterations"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="override GRPOConfig.seed")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override any GRPOConfig field, value as JSON (e.g. group_size=8 learning_rate=1e-5)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device for all three models")
+
+
+def config_from_args(args: argparse.Namespace) -> GRPOConfig:
+    overrides = {}
+    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise WmpoError(
+                f"--set {item}: expected FIELD=VALUE with FIELD one of {sorted(fields)}"
+            )
+        try:
+            overrides[key] = json.loads(value)
+        except ValueError:
+            overrides[key] = value
+    for key in ("iterations", "seed"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    return GRPOConfig.for_preset(args.preset, **overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from offline_trainer.grpo.adapters import ResizedInitialStates, load_models
+    from offline_trainer.grpo.trainer import GRPOTrainer, StoreInitialStates
+    from wmpo_core.store import EpisodeStore
+
+    config = config_from_args(args)
+    policy, imagination, reward = load_models(
+        args.policy, args.world_model, args.reward, args.device
+    )
+    states = ResizedInitialStates(
+        StoreInitialStates(EpisodeStore(args.store), args.episodes), imagination.image_size
+    )
+    parent = str(Path(args.policy).resolve())
+    config.notes.update(
+        {
+            "policy": parent,
+            "world_model": str(Path(args.world_model).resolve()),
+            "reward": str(Path(args.reward).resolve()),
+        }
+    )
+    trainer = GRPOTrainer(
+        config,
+        policy,
+        imagination,
+        reward,
+        states,
+        args.out,
+        manifest_fields={
+            "grpo_models": dict(config.notes),
+            "initial_states": states.inner.episode_ids,
+        },
+        export_fn=lambda path, fields: policy.save(path, fields, parent),
+    )
+    rows = trainer.train()
+    out = Path(args.out)
+    last = rows[-1] if rows else {}
+    print(
+        f"grpo: {trainer.iteration} iterations, last success rate "
+        f"{last.get('rollout/success_rate', float('nan')):.3f}; policy -> {out / 'policy'}, "
+        f"metrics -> {out / 'metrics.jsonl'}"
+    )
+    return 0
