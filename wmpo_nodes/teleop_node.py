@@ -9,10 +9,11 @@ Modes (parameter `mode`):
 
 Every mode publishes geometry_msgs/TwistStamped + std_msgs/Float64 gripper at the
 control rate through wmpo_core.commands.ee_action_to_twist. A teleop session is a
-sequence of ordinary episodes recorded by recorder_node: episode commands go to the
-episode node (/wmpo/episode/command), or, with `manage_episodes: true` (no episode
-node in the graph), this node resets the sim and publishes the episode events itself
-(kind 'demonstration', label from the sim's success flag, labelled_by 'sim').
+sequence of ordinary episodes recorded by recorder_node. Operator keys become
+episode-node commands (/wmpo/episode/command). The expert's episodes are run by
+`manage_episodes`: 'episode_node' (start / label commands to the episode node),
+'self' (no episode node: this node resets the sim and publishes the events, kind
+'demonstration', label from the sim's success flag, labelled_by 'sim') or 'off'.
 A discard is published as a label event with label 'discard' (docs/data.md).
 """
 
@@ -49,6 +50,10 @@ from wmpo_core.teleop import JoyMapping, JoyTeleop, KeyboardTeleop
 from wmpo_nodes.common import run_node
 
 MODES = ("joy", "keyboard", "expert")
+# Who starts / stops / labels expert episodes: nobody ('off': the expert just acts), this
+# node ('self': resets the sim, publishes the events), or the episode node ('episode_node':
+# commands on /wmpo/episode/command; it resets the sim and publishes the events).
+EPISODE_MANAGERS = ("off", "self", "episode_node")
 LATCHED = QoSProfile(
     depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
@@ -114,8 +119,8 @@ class TeleopNode(Node):
             "instruction": ("", "instruction for the episodes ('' = the task's default)"),
             "noise": (0.0, "expert action noise sigma"),
             "seed": (0, "expert / first episode seed"),
-            "manage_episodes": (False, "reset the sim and publish episode events here"),
-            "episodes": (1, "expert + manage_episodes: episodes to run (0 = forever)"),
+            "manage_episodes": ("off", "expert: off | self | episode_node (who runs episodes)"),
+            "episodes": (1, "expert: episodes to run when managed (0 = forever)"),
             "max_steps": (200, "expert + manage_episodes: steps before giving up"),
             "success_hold_steps": (5, "steps to keep going after the sim reports success"),
         }
@@ -171,10 +176,16 @@ class TeleopNode(Node):
             event = json.loads(msg.data)
         except json.JSONDecodeError:
             return
-        if event.get("event") == "start":
-            self.episode_id = str(event.get("episode_id") or event.get("id") or "")
-            if self.p["mode"] == "expert" and not self.p["manage_episodes"]:
-                self._new_expert(int(event.get("seed") or self.p["seed"]))
+        if event.get("event") != "start":
+            return
+        self.episode_id = str(event.get("episode_id") or event.get("id") or "")
+        if self.p["mode"] == "expert":
+            self._seed = int(event.get("seed") or self._seed)
+            self._new_expert(self._seed)
+            self._steps = self._hold = 0
+            self._success, self._state = False, None
+            if self._phase in ("requested", "idle"):
+                self._phase = "running" if self.p["manage_episodes"] != "off" else "idle"
 
     def _command(self, command: str) -> None:
         if command == "discard":
@@ -189,7 +200,7 @@ class TeleopNode(Node):
         self.command_pub.publish(String(data=json.dumps(body)))
 
     def _event(self, kind: str, **fields) -> None:
-        now = time.time()
+        """Publish an episode event (schema 1 of wmpo_core/runtime/episode.py) ourselves."""
         event = {
             "schema": 1,
             "event": kind,
@@ -203,7 +214,7 @@ class TeleopNode(Node):
             "label": None,
             "labelled_by": None,
             "reason": "",
-            "stamp": now,
+            "stamp": time.time(),
             "kind": "demonstration",
         }
         event.update(fields)
@@ -213,17 +224,20 @@ class TeleopNode(Node):
     def _setup_expert(self) -> None:
         from wmpo_core.sim.experts import make_expert  # robosuite-free; imported on use
 
+        if self.p["manage_episodes"] not in EPISODE_MANAGERS:
+            raise ValueError(
+                f"manage_episodes must be one of {EPISODE_MANAGERS}, got '{self.p['manage_episodes']}'"
+            )
         self._make_expert = make_expert
         self._state: dict | None = None
         self._success = False
-        self._phase = "idle"
         self._steps = self._hold = 0
+        self._requested_at = 0.0
         self._new_expert(self._seed)
         self.create_subscription(String, SIM_STATE_TOPIC, self._on_state, 10)
         self.create_subscription(Bool, SIM_SUCCESS_TOPIC, self._on_success, 10)
         self.reset_client = self.create_client(Trigger, SIM_RESET_SERVICE)
-        if self.p["manage_episodes"]:
-            self._phase = "reset"
+        self._phase = "idle" if self.p["manage_episodes"] == "off" else "request"
 
     def _new_expert(self, seed: int) -> None:
         self.expert = self._make_expert(self.p["task"], self.p["noise"], seed)
@@ -235,11 +249,11 @@ class TeleopNode(Node):
         self._success = bool(msg.data)
 
     def _expert_tick(self) -> None:
-        if self._phase == "reset":
-            self._begin_episode()
+        if self._phase == "request":
+            self._request_episode()
+        elif self._phase == "requested" and time.monotonic() - self._requested_at > 10.0:
+            self._phase = "request"  # the start never came: ask again
         elif self._phase in ("running", "idle") and self._state is not None:
-            if self._phase == "idle" and self.p["manage_episodes"]:
-                return
             state, self._state = self._state, None
             self._publish(np.asarray(self.expert.act(state), dtype=np.float64))
             if self._phase == "running":
@@ -248,31 +262,37 @@ class TeleopNode(Node):
                 if self._hold >= self.p["success_hold_steps"] or self._steps >= self.p["max_steps"]:
                     self._end_episode()
 
-    def _begin_episode(self) -> None:
+    def _request_episode(self) -> None:
+        """Ask for the next episode; it begins when its start event arrives (_on_event)."""
+        self._requested_at = time.monotonic()
+        if self.p["manage_episodes"] == "episode_node":
+            self._phase = "requested"
+            self._command("start")
+            return
         if not self.reset_client.service_is_ready():
             return
-        self._phase = "resetting"
+        self._phase = "requested"
         future = self.reset_client.call_async(Trigger.Request())
-        future.add_done_callback(lambda _f: self._after_reset())
+        future.add_done_callback(lambda _f: self._publish_start())
 
-    def _after_reset(self) -> None:
+    def _publish_start(self) -> None:
         self.episode_count += 1
         self._seed = int(self.p["seed"]) + self.episode_count - 1
         self.episode_id = f"teleop-{int(time.time())}-{self.episode_count:03d}"
-        self._new_expert(self._seed)
-        self._steps = self._hold = 0
-        self._success = False
-        self._state = None
         self._event("start", start_stamp=time.time())
-        self._phase = "running"
 
     def _end_episode(self) -> None:
         label = "success" if self._success else "failure"
-        self._event("stop", stop_stamp=time.time(), reason="expert done")
-        self._event("label", label=label, labelled_by="sim")
+        if self.p["manage_episodes"] == "episode_node":
+            self.episode_count += 1
+            body = {"command": "label", "label": label, "by": "sim"}
+            self.command_pub.publish(String(data=json.dumps(body)))
+        else:
+            self._event("stop", stop_stamp=time.time(), reason="expert done")
+            self._event("label", label=label, labelled_by="sim")
         self.get_logger().info(f"episode {self.episode_id}: {label} after {self._steps} steps")
         done = self.p["episodes"] and self.episode_count >= self.p["episodes"]
-        self._phase = "finished" if done else "reset"
+        self._phase = "finished" if done else "request"
 
 
 def main(args: list[str] | None = None) -> int:
