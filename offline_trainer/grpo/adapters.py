@@ -58,7 +58,7 @@ class VLAGRPOPolicy(torch.nn.Module):
         return self.processor.batch(frames[:, None], list(instructions)).to(self.device)
 
     def token_logits(self, images: torch.Tensor, instructions: Sequence[str]) -> torch.Tensor:
-        return self.model(self._batch(images, instructions)).float().cpu()
+        return self.model(self._batch(images, instructions)).float()  # stays on the device
 
     @torch.no_grad()
     def sample_chunk(
@@ -70,7 +70,7 @@ class VLAGRPOPolicy(torch.nn.Module):
         tokens = sample_tokens(logits, temperature)
         logp = token_log_probs(logits, tokens, temperature)
         actions = torch.from_numpy(self.processor.tokenizer.decode(tokens))
-        return actions, tokens, logp
+        return actions, tokens.cpu(), logp.cpu()  # rollouts are stored on the CPU
 
     def save(self, path: Path, manifest_fields: dict[str, Any], parent: str) -> Path:
         """A policy checkpoint policy_node loads (normalization stats included)."""

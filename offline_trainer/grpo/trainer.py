@@ -292,14 +292,16 @@ class GRPOTrainer:
         images = sub.observations[valid]
         instructions = [sub.instructions[i] for i in valid[0].tolist()]
         logits = policy.token_logits(images, instructions)
-        tokens = sub.tokens[valid]
+        dev = logits.device  # rollouts live on the CPU, the policy may not
+        valid = tuple(v.to(dev) for v in valid)
+        tokens = sub.tokens.to(dev)[valid]
         if tuple(logits.shape[:-1]) != tuple(tokens.shape):
             raise WmpoError(
                 f"policy.token_logits returned {tuple(logits.shape)}, expected "
                 f"[M, K, D, V] with [M, K, D] = {tuple(tokens.shape)}"
             )
         logp, entropy = token_logprobs(logits, tokens, self.config.temperature)
-        out_logp = logp.new_zeros(sub.tokens.shape).index_put(valid, logp)
+        out_logp = logp.new_zeros(sub.tokens.shape).index_put(valid, logp)  # padding: 0
         out_ent = entropy.new_zeros(sub.tokens.shape).index_put(valid, entropy)
         return out_logp.reshape(n, -1), out_ent.reshape(n, -1)
 
@@ -319,9 +321,10 @@ class GRPOTrainer:
                 for micro in mb.split(cfg.micro_batch_trajectories):
                     sub = batch.select(micro)
                     logp, entropy = self._logprobs(self.policy, sub)
+                    dev = logp.device
                     mask = sub.chunk_mask[:, :, None, None].expand(sub.tokens.shape)
-                    mask = mask.reshape(len(micro), -1)
-                    old = sub.logprobs.reshape(len(micro), -1)
+                    mask = mask.reshape(len(micro), -1).to(dev)
+                    old = sub.logprobs.reshape(len(micro), -1).to(dev)
                     if first_diff is None:  # nothing updated yet: must match the rollout
                         first_diff = float((logp.detach() - old).abs()[mask].max())
                     ref = None
@@ -331,7 +334,7 @@ class GRPOTrainer:
                     out = compute_loss(
                         logp,
                         old,
-                        advantages[micro],
+                        advantages[micro].to(dev),
                         mask,
                         clip_eps_low=cfg.clip_eps_low,
                         clip_eps_high=cfg.clip_eps_high,
