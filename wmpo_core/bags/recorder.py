@@ -165,6 +165,8 @@ class _Episode:
     replayed: bool
     """The start event predates this recorder (a transient-local replay)."""
     data_messages: int = 0
+    latched_written: dict[str, int] = field(default_factory=dict)
+    """topic -> receive time of the latched message copied in at the start (not twice)."""
     seq_gaps: dict[str, int] = field(default_factory=dict)
     queue_dropped: dict[str, int] = field(default_factory=dict)
 
@@ -295,6 +297,8 @@ class EpisodeRecorder:
         gap = self._seq_gap(topic, data)
         if ep is None:
             return
+        if ep.latched_written.get(topic) == recv_ns:
+            return  # already copied into the bag at the start (it raced the start event)
         if gap:
             ep.seq_gaps[topic] = ep.seq_gaps.get(topic, 0) + gap
         ep.writer.write(topic, recv_ns, data)
@@ -384,8 +388,9 @@ class EpisodeRecorder:
         writer.write(self.config.episode_topic, recv_ns, data)
         # Latched topics (instruction, policy version) were published once, maybe long ago:
         # the bag starts with their latest value so it is self-contained.
-        for topic, (_t, payload) in latched.items():
+        for topic, (latched_ns, payload) in latched.items():
             writer.write(topic, recv_ns, payload)
+            self._episode.latched_written[topic] = latched_ns
         self._log("info", f"recording episode '{eid}' -> {bag}")
 
     def _amend_closed(self, eid: str, event: dict[str, Any]) -> None:

@@ -1,0 +1,255 @@
+"""recorder_node over real loopback DDS: record, read back (rosbags AND rclpy), SIGKILL + repair,
+the disk guard, /diagnostics."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from rosutil import NodeProcess, wait_for
+
+from wmpo_core.bags.metadata import read_sidecar
+from wmpo_core.bags.reader import iter_messages
+from wmpo_core.bags.verify import check_bag
+from wmpo_core.cli import main as wmpo_main
+from wmpo_core.interfaces import (
+    CAMERA_TOPIC,
+    DIAGNOSTICS_TOPIC,
+    EPISODE_TOPIC,
+    GRIPPER_COMMAND_TOPIC,
+    INSTRUCTION_TOPIC,
+    JOINT_STATES_TOPIC,
+    TWIST_COMMAND_TOPIC,
+)
+
+pytestmark = pytest.mark.ros
+
+TOPICS = [
+    f"{CAMERA_TOPIC} sensor_msgs/msg/Image sensor_data",
+    f"{JOINT_STATES_TOPIC} sensor_msgs/msg/JointState reliable",
+    f"{TWIST_COMMAND_TOPIC} geometry_msgs/msg/TwistStamped reliable",
+    f"{GRIPPER_COMMAND_TOPIC} std_msgs/msg/Float64 reliable",
+    f"{INSTRUCTION_TOPIC} std_msgs/msg/String latched",
+    f"{EPISODE_TOPIC} std_msgs/msg/String latched",
+]
+
+
+def start_recorder(tmp_path: Path, **params) -> tuple[NodeProcess, Path]:
+    out = tmp_path / "bags"
+    values = {"output_dir": str(out), "topics": TOPICS, "min_free_mb": 0.0}
+    values |= {"flush_interval_s": 0.2} | params
+    cfg = tmp_path / "recorder.yaml"
+    cfg.write_text(yaml.safe_dump({"recorder": {"ros__parameters": values}}))
+    proc = NodeProcess("wmpo_recorder_node", ["--params-file", str(cfg)], log=tmp_path / "rec.log")
+    return proc.start(), out
+
+
+class Publisher:
+    """The test's side of the graph: every publisher the recorder listens to."""
+
+    def __init__(self, context):
+        import rclpy
+        from geometry_msgs.msg import TwistStamped
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import (
+            DurabilityPolicy,
+            QoSProfile,
+            ReliabilityPolicy,
+            qos_profile_sensor_data,
+        )
+        from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import Float64, String
+
+        latched = QoSProfile(
+            depth=10,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        )
+        self.node = rclpy.create_node("test_publisher", context=context)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        n = self.node
+        self.pubs = {
+            CAMERA_TOPIC: n.create_publisher(Image, CAMERA_TOPIC, qos_profile_sensor_data),
+            JOINT_STATES_TOPIC: n.create_publisher(JointState, JOINT_STATES_TOPIC, 100),
+            TWIST_COMMAND_TOPIC: n.create_publisher(TwistStamped, TWIST_COMMAND_TOPIC, 100),
+            GRIPPER_COMMAND_TOPIC: n.create_publisher(Float64, GRIPPER_COMMAND_TOPIC, 100),
+            INSTRUCTION_TOPIC: n.create_publisher(String, INSTRUCTION_TOPIC, latched),
+            EPISODE_TOPIC: n.create_publisher(String, EPISODE_TOPIC, latched),
+        }
+        self.diagnostics: list = []
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        n.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, self.diagnostics.append, 10)
+        self.sent: dict[str, list] = {t: [] for t in self.pubs}
+
+    def wait_matched(self, timeout: float = 20.0) -> None:
+        ok = wait_for(
+            self.executor,
+            lambda: all(p.get_subscription_count() > 0 for p in self.pubs.values()),
+            timeout,
+        )
+        assert ok, "the recorder never subscribed to every topic"
+
+    def publish(self, topic: str, msg) -> None:
+        self.pubs[topic].publish(msg)
+        self.sent[topic].append(msg)
+
+    def event(self, kind: str, eid: str, **extra) -> None:
+        from std_msgs.msg import String
+
+        body = {"schema": 1, "event": kind, "episode_id": eid, "task": "Lift", "seed": 7}
+        body |= {"instruction": "lift the red cube", "policy_version": "v3", "stamp": time.time()}
+        self.publish(EPISODE_TOPIC, String(data=json.dumps(body | extra)))
+
+    def close(self) -> None:
+        self.executor.remove_node(self.node)
+        self.node.destroy_node()
+
+
+def image(i: int, size: int = 64):
+    from sensor_msgs.msg import Image
+
+    data = (np.arange(size * size * 3, dtype=np.uint32) * (i + 1) % 251).astype(np.uint8)
+    msg = Image(height=size, width=size, encoding="rgb8", step=size * 3, data=data.tobytes())
+    msg.header.frame_id = "camera"
+    msg.header.stamp.sec, msg.header.stamp.nanosec = 1000 + i, 7
+    return msg
+
+
+def joint_state(i: int):
+    from sensor_msgs.msg import JointState
+
+    return JointState(name=[f"j{k}" for k in range(7)], position=[i + k / 10 for k in range(7)])
+
+
+def twist(i: int):
+    from geometry_msgs.msg import TwistStamped
+
+    msg = TwistStamped()
+    msg.header.frame_id = "base_link"
+    msg.twist.linear.x, msg.twist.angular.z = 0.01 * i, -0.02 * i
+    return msg
+
+
+def wait_closed(bag: Path, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        side = read_sidecar(bag) if bag.is_dir() else None
+        if side is not None and side.status != "recording":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{bag} was not closed within {timeout} s")
+
+
+def test_record_episode_read_back_with_rosbags_and_rclpy(tmp_path, ros_context):
+    from rclpy.serialization import deserialize_message
+    from std_msgs.msg import Float64, String
+
+    from wmpo_nodes.recorder_node import message_class
+
+    rec, out = start_recorder(tmp_path)
+    pub = Publisher(ros_context)
+    try:
+        pub.wait_matched()
+        pub.publish(INSTRUCTION_TOPIC, String(data="lift the red cube"))
+        pub.event("start", "ep-a")
+        wait_for(pub.executor, lambda: (out / "ep-a").is_dir(), 10)
+        for i in range(20):
+            pub.publish(CAMERA_TOPIC, image(i))
+            for k in range(2):
+                pub.publish(JOINT_STATES_TOPIC, joint_state(2 * i + k))
+            pub.publish(TWIST_COMMAND_TOPIC, twist(i))
+            pub.publish(GRIPPER_COMMAND_TOPIC, Float64(data=float(i % 2)))
+            pub.executor.spin_once(timeout_sec=0.02)
+        pub.event("stop", "ep-a")
+        bag = out / "ep-a"
+        wait_closed(bag)
+        wait_for(pub.executor, lambda: len(pub.diagnostics) > 0, 5)
+        hashes = {
+            t: str(pub.node.get_publishers_info_by_topic(t)[0].topic_type_hash) for t in pub.pubs
+        }
+    finally:
+        pub.close()
+        rec.stop()
+    assert check_bag(bag, deep=True).healthy
+    side = read_sidecar(bag)
+    assert side.status == "complete" and side.policy_version == "v3" and side.seed == 7
+    assert side.total_lost == 0, f"messages lost: {side.lost} {side.seq_gaps}"
+    got: dict[str, list] = {}
+    for m in iter_messages(bag):
+        # rclpy reads the bytes rosbags wrote, exactly as they came off the wire.
+        got.setdefault(m.topic, []).append(deserialize_message(m.data, message_class(m.msgtype)))
+    for topic in (CAMERA_TOPIC, JOINT_STATES_TOPIC, TWIST_COMMAND_TOPIC, GRIPPER_COMMAND_TOPIC):
+        assert got[topic] == pub.sent[topic], f"{topic}: recorded messages differ from sent"
+    assert [json.loads(e.data)["event"] for e in got[EPISODE_TOPIC]] == ["start", "stop"]
+    assert got[INSTRUCTION_TOPIC] == [String(data="lift the red cube")]
+    # The same bag through rosbags' own deserializer.
+    from wmpo_core.bags.reader import deserialize
+
+    frames = [deserialize(m) for m in iter_messages(bag, [CAMERA_TOPIC])]
+    assert [bytes(f.data) for f in frames] == [bytes(m.data) for m in pub.sent[CAMERA_TOPIC]]
+    meta = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    for entry in meta["topics_with_message_count"]:
+        name = entry["topic_metadata"]["name"]
+        assert entry["topic_metadata"]["type_description_hash"] == hashes[name]
+    status = pub.diagnostics[-1].status[0]
+    assert status.name == "wmpo recorder" and status.level == b"\x00"
+
+
+def test_sigkill_mid_episode_then_verify_and_repair(tmp_path, ros_context, capsys):
+    rec, out = start_recorder(tmp_path, flush_interval_s=0.2)
+    pub = Publisher(ros_context)
+    try:
+        pub.wait_matched()
+        pub.event("start", "ep-k")
+        wait_for(pub.executor, lambda: (out / "ep-k").is_dir(), 10)
+        for i in range(40):
+            pub.publish(JOINT_STATES_TOPIC, joint_state(i))
+            pub.executor.spin_once(timeout_sec=0.01)
+        wait_for(pub.executor, lambda: False, 1.0)  # > flush_interval: all of it is on disk
+        rec.kill()  # SIGKILL: no close, no metadata.yaml
+    finally:
+        pub.close()
+        rec.stop()
+    bag = out / "ep-k"
+    health = check_bag(bag)
+    assert not health.healthy and health.repairable
+    assert wmpo_main(["bags", "verify", str(bag)]) == 1
+    assert wmpo_main(["bags", "verify", "--repair", str(bag)]) == 0
+    assert "recovered" in capsys.readouterr().out
+    assert check_bag(bag, deep=True).healthy
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import JointState
+
+    states = [
+        deserialize_message(m.data, JointState) for m in iter_messages(bag, [JOINT_STATES_TOPIC])
+    ]
+    assert states == pub.sent[JOINT_STATES_TOPIC]
+    side = read_sidecar(bag)
+    assert side.status == "repaired" and side.extra["repair"]["status_before"] == "recording"
+
+
+def test_disk_guard_refuses_and_reports_on_diagnostics(tmp_path, ros_context):
+    rec, out = start_recorder(tmp_path, min_free_mb=1e12)  # more than any disk has free
+    pub = Publisher(ros_context)
+    try:
+        pub.wait_matched()
+        pub.event("start", "ep-d")
+        ok = wait_for(
+            pub.executor,
+            lambda: any(d.status and d.status[0].level == b"\x02" for d in pub.diagnostics),
+            10,
+        )
+        assert ok, "no ERROR diagnostics from the disk guard"
+        errors = [d.status[0].message for d in pub.diagnostics if d.status[0].level == b"\x02"]
+        assert "not recording episode 'ep-d'" in errors[-1] and "min_free_bytes" in errors[-1]
+    finally:
+        pub.close()
+        rec.stop()
+    assert not (out / "ep-d").exists()
+    assert "not recording episode" in rec.output()
