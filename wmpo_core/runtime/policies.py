@@ -22,6 +22,7 @@ from wmpo_core.interfaces import (
     DEFAULT_CHUNK_SIZE,
     EE_ACTION_DIM,
     EE_ACTION_NAMES,
+    OSC_MAX_ROTATION_RAD,
     OSC_MAX_TRANSLATION_M,
 )
 from wmpo_core.policy_api import ChunkPolicy, Observation
@@ -55,16 +56,16 @@ class ScriptedPolicy:
     The expert is closed loop on privileged state, one action per state. For a chunk
     of K it is stepped K times on a predicted state: the end effector is advanced by
     `gain` x the commanded displacement (OSC_POSE reaches roughly that fraction of
-    its target in one period). Short chunks (K = 4) keep the prediction honest.
+    its target in one period; 0.35 measured: Lift 5/5 at K = 4 and 8, 0.8 fails).
     """
 
     def __init__(
         self,
         task: str = "Lift",
-        chunk_size: int = 4,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
         noise: float = 0.0,
         seed: int = 0,
-        gain: float = 0.5,
+        gain: float = 0.35,
     ):
         sim = _import_sim()
         self._make = lambda: sim.make_expert(task, noise, seed)
@@ -96,6 +97,11 @@ class ScriptedPolicy:
         if "eef_pos" in state:
             step = a[:3] * OSC_MAX_TRANSLATION_M * self.gain
             state["eef_pos"] = (np.asarray(state["eef_pos"], dtype=np.float64) + step).tolist()
+        if "eef_quat" in state:
+            from scipy.spatial.transform import Rotation  # comes with the sim (robosuite)
+
+            turn = Rotation.from_rotvec(a[3:6] * OSC_MAX_ROTATION_RAD * self.gain)
+            state["eef_quat"] = (turn * Rotation.from_quat(state["eef_quat"])).as_quat().tolist()
         return state
 
 
@@ -125,10 +131,10 @@ class DelayedPolicy:
 
 def _import_sim():
     try:
-        return importlib.import_module("wmpo_core.sim")
+        return importlib.import_module("wmpo_core.sim.experts")
     except ModuleNotFoundError as exc:
         raise WmpoError(
-            f"policy 'scripted' needs the embedded sim (wmpo_core.sim): {exc}. Run `make setup`."
+            f"policy 'scripted' needs the embedded sim (wmpo_core.sim.experts): {exc}. Run `make setup`."
         ) from None
 
 
@@ -148,7 +154,7 @@ def load_policy(
     """
     spec = spec.strip()
     if spec == "scripted":
-        policy = ScriptedPolicy(task, chunk_size or 4, noise=noise, seed=seed)
+        policy = ScriptedPolicy(task, chunk_size or DEFAULT_CHUNK_SIZE, noise=noise, seed=seed)
     elif spec == "random":
         policy = RandomPolicy(chunk_size or DEFAULT_CHUNK_SIZE, seed=seed)
     else:
