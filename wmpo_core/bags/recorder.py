@@ -55,8 +55,10 @@ from wmpo_core.interfaces import EPISODE_TOPIC
 
 # name -> (reliability, durability, depth). The node turns these into rclpy QoS profiles;
 # the writer records them as the offered QoS so `ros2 bag play` republishes alike.
+# Depth is the subscription's own history: deep, so a burst while the executor is busy is
+# queued instead of overwritten (a KEEP_LAST overwrite is invisible to message_lost events).
 QOS_PRESETS: dict[str, tuple[str, str, int]] = {
-    "sensor_data": ("best_effort", "volatile", 5),  # cameras: rclpy qos_profile_sensor_data
+    "sensor_data": ("best_effort", "volatile", 100),  # cameras: matches qos_profile_sensor_data
     "reliable": ("reliable", "volatile", 100),
     "latched": ("reliable", "transient_local", 10),  # instruction, policy version, events
 }
