@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             acc.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             info["step"] += 1
-            losses.append(float(loss))
+            losses.append(loss.item())
             bar.update(int(elapsed) - bar.n)
             if info["step"] % 20 == 0:
                 bar.set_postfix(step=info["step"], loss=f"{np.mean(losses[-20:]):.4f}")

@@ -20,21 +20,24 @@ GRIP = np.array([200, 200, 200], np.uint8)
 def render(size: int, grip: np.ndarray, cube: np.ndarray, closed: bool) -> np.ndarray:
     img = np.empty((size, size, 3), np.uint8)
     img[:] = BG
-    s = max(2, size // 10)
+    s = _side(size)
     cx, cy = np.clip(cube.round().astype(int), 0, size - s)
     img[cy : cy + s, cx : cx + s] = CUBE
     gx, gy = np.clip(grip.round().astype(int), 0, size - s)
-    g = GRIP if not closed else GRIP // 2
-    img[gy : gy + s, gx : gx + 2] = g
-    img[gy : gy + s, gx + s - 2 : gx + s] = g
+    img[gy : gy + s, gx : gx + s] = GRIP if not closed else GRIP // 2
+    img[gy + s // 3 : gy + s - s // 3, gx + s // 3 : gx + s - s // 3] = BG  # a hollow "gripper"
     return img
+
+
+def _side(size: int) -> int:
+    return max(3, size // 6)
 
 
 def toy_episode(
     rng: np.random.Generator, size: int = 64, steps: int = 40, random_actions: float = 0.3
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Frames [T,H,W,3], actions [T,7] and the success flag of one toy episode."""
-    s = max(2, size // 10)
+    s = _side(size)
     grip = rng.uniform(0, size - s, 2)
     cube = rng.uniform(size / 3, size - s, 2)
     frames, actions = [], []
@@ -72,3 +75,26 @@ def make_toy_store(
         meta = EpisodeMeta(id=f"toy{i:04d}", task="Toy", instruction="lift", success=ok, seed=i)
         store.add(meta, frames, actions)
     return store
+
+
+def square_episode(
+    rng: np.random.Generator, size: int = 32, steps: int = 24, side: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """The simplest action-driven world: a square moved (dx, dy) * 3 px by random actions.
+    Used by the tests to check, in seconds, that a model learns to follow its actions."""
+    pos = rng.uniform(0, size - side, 2)
+    frames, actions = [], []
+    for _ in range(steps):
+        frames.append(draw_square(pos, size, side))
+        a = np.zeros(7, np.float32)
+        a[:2] = rng.uniform(-1, 1, 2)
+        actions.append(a)
+        pos = np.clip(pos + 3.0 * a[:2], 0, size - side)
+    return np.stack(frames), np.stack(actions)
+
+
+def draw_square(pos: np.ndarray, size: int = 32, side: int = 10) -> np.ndarray:
+    img = np.full((size, size, 3), 40, np.uint8)
+    x, y = np.clip(np.round(pos).astype(int), 0, size - side)
+    img[y : y + side, x : x + side] = (230, 200, 60)
+    return img
