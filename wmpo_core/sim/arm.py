@@ -275,6 +275,9 @@ class SimArm:
 
     def _render(self) -> np.ndarray:
         s = self.config.image_size
+        # GL contexts are per thread: a ROS executor may call from a thread other than the
+        # one that made the context, and OSMesa then renders black. Re-binding is cheap.
+        self.env.sim._render_context_offscreen.gl_ctx.make_current()
         img = self.env.sim.render(width=s, height=s, camera_name=self.config.camera)
         # MuJoCo renders bottom-up (OpenGL convention): flip to upright.
         return np.ascontiguousarray(img[::-1])
