@@ -28,7 +28,7 @@ def check_episode_frames(frames: np.ndarray, config: RewardModelConfig) -> None:
 
 def clips_to_pixel_values(clips: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 [N, F, H, W, 3] -> float [N, F, 3, H, W], ImageNet-normalised."""
-    x = torch.as_tensor(np.asarray(clips)) if not torch.is_tensor(clips) else clips
+    x = clips if torch.is_tensor(clips) else torch.from_numpy(np.array(clips, copy=True))
     x = x.movedim(-1, -3).float() / 255.0
     return (x - MEAN) / STD
 
