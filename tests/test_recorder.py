@@ -253,3 +253,56 @@ def test_disk_guard_refuses_and_reports_on_diagnostics(tmp_path, ros_context):
         rec.stop()
     assert not (out / "ep-d").exists()
     assert "not recording episode" in rec.output()
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_teleop_expert_drives_sim_and_recorder_records_it(tmp_path, capsys):
+    """The whole teleop path: sim_node + teleop_node (scripted expert, running its own episode)
+    + recorder_node over DDS; the bag then ingests into an episode store."""
+    from wmpo_core.store import EpisodeStore
+
+    topics = TOPICS + ["/wmpo/sim/state std_msgs/msg/String reliable"]
+    rec, out = start_recorder(tmp_path, topics=topics)
+    sim_cfg = tmp_path / "sim.yaml"
+    sim_cfg.write_text(
+        yaml.safe_dump({"sim_node": {"ros__parameters": {"image_size": 64, "seed": 5}}})
+    )
+    teleop_cfg = tmp_path / "teleop.yaml"
+    teleop_params = {"mode": "expert", "manage_episodes": "self", "episodes": 1, "seed": 5}
+    teleop_params |= {"max_steps": 30, "task": "Lift"}
+    teleop_cfg.write_text(yaml.safe_dump({"teleop": {"ros__parameters": teleop_params}}))
+    sim = NodeProcess("wmpo_sim_node", ["--params-file", str(sim_cfg)], log=tmp_path / "sim.log")
+    teleop = NodeProcess(
+        "wmpo_teleop_node", ["--params-file", str(teleop_cfg)], log=tmp_path / "teleop.log"
+    )
+    try:
+        sim.start()
+        teleop.start()
+        deadline = time.monotonic() + 90
+        bags: list[Path] = []
+        while time.monotonic() < deadline:
+            bags = [b for b in out.glob("teleop-*") if (b / "metadata.yaml").is_file()]
+            if bags and (read_sidecar(bags[0]).label or "") in ("success", "failure"):
+                break
+            time.sleep(0.2)
+        assert bags, f"no closed bag; teleop log:\n{teleop.output()[-2000:]}"
+    finally:
+        teleop.stop()
+        sim.stop()
+        rec.stop()
+    bag = bags[0]
+    side = read_sidecar(bag)
+    assert side.kind == "demonstration" and side.labelled_by == "sim" and side.seed == 5
+    assert side.total_lost == 0
+    counts = {t: v["count"] for t, v in side.topics.items()}
+    assert counts[TWIST_COMMAND_TOPIC] == 30 and counts[GRIPPER_COMMAND_TOPIC] == 30
+    assert counts[CAMERA_TOPIC] >= 30 and counts[JOINT_STATES_TOPIC] >= 30
+    rc = wmpo_main(["ingest", str(out), "--out", str(tmp_path / "store"), "--image-size", "32"])
+    assert rc == 0, capsys.readouterr().err
+    ep = EpisodeStore(tmp_path / "store").load(side.id)
+    assert ep.frames.shape[1:] == (32, 32, 3) and ep.meta.success == (side.label == "success")
+    gaps = ep.meta.extra["alignment"]["n_gaps"]
+    # Frames published before the first command / after the last have no command near them.
+    assert gaps <= len(ep.frames) - 25, f"{gaps} of {len(ep.frames)} frames unaligned"
+    assert np.abs(ep.actions[:, :3]).max() > 0.05, "the expert's motion must reach the store"
