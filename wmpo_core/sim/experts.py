@@ -79,6 +79,10 @@ class ScriptedExpert:
     """Base class: phases, noise and perturbations; subclasses implement `_plan`."""
 
     task = ""
+    final_phase = ""
+    """The phase the expert ends in (holding the result, or retreated)."""
+    DONE_AFTER = 25
+    """Steps in the final phase after which the expert has nothing left to try (`done`)."""
 
     def __init__(
         self, noise: float = 0.0, seed: int | None = None, perturbation: str | None = None
@@ -132,6 +136,12 @@ class ScriptedExpert:
         if self.noise > 0:
             action = action + self.rng.normal(0.0, self.noise, EE_ACTION_DIM)
         return np.clip(action, -1.0, 1.0)
+
+    @property
+    def done(self) -> bool:
+        """True once the expert has sat in its final phase for DONE_AFTER steps: an episode
+        that has not succeeded by then will not (a failed grasp, a dropped object)."""
+        return self.phase == self.final_phase and self.phase_steps >= self.DONE_AFTER
 
     # -- helpers for subclasses -------------------------------------------------
     def _goto(self, phase: str) -> None:
@@ -187,6 +197,7 @@ class LiftExpert(ScriptedExpert):
     """Grasp the cube from above, lift it 15 cm."""
 
     task = "Lift"
+    final_phase = "lift"
 
     def _plan(self, state: dict) -> np.ndarray:
         cube = state["objects"]["cube"]
@@ -205,6 +216,7 @@ class StackExpert(ScriptedExpert):
     """Grasp cubeA, carry it above cubeB, lower it onto cubeB, release, retreat."""
 
     task = "Stack"
+    final_phase = "retreat"
 
     def _plan(self, state: dict) -> np.ndarray:
         a, b = state["objects"]["cubeA"], state["objects"]["cubeB"]
@@ -249,6 +261,7 @@ class SquareExpert(ScriptedExpert):
     above the peg (the peg sits near the arm's reach limit), drop it over the peg, retreat."""
 
     task = "NutAssemblySquare"
+    final_phase = "retreat"
     # Joint 7 (the wrist) turns opposite to the grip yaw; keep it inside its +-2.9 rad limits.
     Q7_LIMIT = 2.6
 
