@@ -101,3 +101,55 @@ def test_discarded_bag_is_skipped(tmp_path, capsys):
     assert wmpo_main(["ingest", str(tmp_path / "bags"), "--out", str(tmp_path / "s")]) == 0
     assert "discarded" in capsys.readouterr().err
     assert len(EpisodeStore(tmp_path / "s")) == 0
+
+
+def test_actions_from_executed_chunks_when_no_arm_commands(tmp_path):
+    """A bag with action chunks only: each point at header.stamp + time_from_start; a newer
+    chunk replaces the rest of the older one; frames are matched on their header stamps."""
+    from test_bags import T0, TS, cdr, header, image_msg
+
+    from wmpo_core.bags.writer import BagWriterConfig, EpisodeBagWriter, TopicSpec
+    from wmpo_core.interfaces import ACTION_CHUNK_TOPIC, CAMERA_TOPIC
+
+    Point = TS.types["trajectory_msgs/msg/JointTrajectoryPoint"]
+    Duration = TS.types["builtin_interfaces/msg/Duration"]
+    dt = 50_000_000
+    w = EpisodeBagWriter(
+        tmp_path / "ep",
+        [
+            TopicSpec(CAMERA_TOPIC, "sensor_msgs/msg/Image"),
+            TopicSpec(ACTION_CHUNK_TOPIC, "trajectory_msgs/msg/JointTrajectory"),
+        ],
+        BagWriterConfig(),
+    )
+
+    def chunk(start_frame: int, values: list[float]) -> bytes:
+        pts = [
+            Point(
+                positions=np.array([v, 0, 0, 0, 0, 0, 1.0]),
+                velocities=np.array([], dtype=np.float64),
+                accelerations=np.array([], dtype=np.float64),
+                effort=np.array([], dtype=np.float64),
+                time_from_start=Duration(sec=0, nanosec=k * dt),
+            )
+            for k, v in enumerate(values)
+        ]
+        return cdr(
+            "trajectory_msgs/msg/JointTrajectory",
+            header=header(T0 + start_frame * dt),
+            joint_names=["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"],
+            points=pts,
+        )
+
+    for i in range(8):
+        t = T0 + i * dt
+        # Frames' bag log time is 30 ms late (transport); alignment must use header stamps.
+        w.write(CAMERA_TOPIC, t + 30_000_000, image_msg(t, value=i))
+    w.write(ACTION_CHUNK_TOPIC, T0 + 1, chunk(0, [0.1, 0.2, 0.3, 0.4]))
+    w.write(ACTION_CHUNK_TOPIC, T0 + 2 * dt + 1, chunk(2, [0.5, 0.6, 0.7, 0.8]))
+    w.close()
+    meta, _, actions = load_episode(tmp_path / "ep", IngestConfig(image_size=16, tolerance_ms=10))
+    assert meta.extra["alignment"]["action_source"] == "chunk"
+    np.testing.assert_allclose(actions[:6, 0], [0.1, 0.2, 0.5, 0.6, 0.7, 0.8])
+    assert meta.extra["alignment"]["gap_frames"] == [6, 7]
+    assert (actions[:6, 6] == 1.0).all()
