@@ -1,0 +1,202 @@
+"""Table 1 baselines: DPO objective and step, online GRPO in the real sim under a budget P."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from offline_trainer.baselines.dpo import (
+    DPOConfig,
+    Trajectory,
+    dpo_loss,
+    make_pairs,
+    trajectory_from_episode,
+    trajectory_logprob,
+    train_dpo,
+)
+from offline_trainer.real_rollouts import BudgetExceeded, RealBudget
+from wmpo_core.errors import WmpoError
+
+INSTRUCTION = "lift the red cube"
+
+
+def tiny_policy_checkpoint(path: Path, image_size: int = 32) -> Path:
+    from wmpo_core.policy.checkpoint_policy import save_policy_checkpoint
+    from wmpo_core.policy.configuration_policy import preset_config
+    from wmpo_core.policy.modeling_policy import VLAPolicyModel
+    from wmpo_core.policy.processing_policy import NormalizationStats
+
+    torch.manual_seed(0)
+    cfg = preset_config(
+        "tiny",
+        image_size=image_size,
+        d_model=32,
+        n_layers=1,
+        vision_channels=(8, 16, 16),
+        vision_grid=4,
+    )
+    rng = np.random.default_rng(0)
+    stats = NormalizationStats.from_actions(rng.uniform(-0.5, 0.5, (200, 7)))
+    return save_policy_checkpoint(
+        path, VLAPolicyModel(cfg), stats, instructions=[INSTRUCTION], episode_ids=[]
+    )
+
+
+def test_dpo_loss_matches_hand_computed_values():
+    # pair 1: chosen ratio -10 - (-12) = 2, rejected ratio -9 - (-8) = -1 -> h = 0.5 * 3 = 1.5
+    # pair 2: chosen ratio 0, rejected ratio 1 -> h = 0.5 * -1 = -0.5
+    loss, metrics = dpo_loss(
+        torch.tensor([-10.0, -5.0]),
+        torch.tensor([-9.0, -6.0]),
+        torch.tensor([-12.0, -5.0]),
+        torch.tensor([-8.0, -7.0]),
+        beta=0.5,
+    )
+    expected = (math.log1p(math.exp(-1.5)) + math.log1p(math.exp(0.5))) / 2
+    assert float(loss) == pytest.approx(expected, abs=1e-6)
+    assert metrics["rewards/accuracy"] == 0.5
+    assert metrics["rewards/margin"] == pytest.approx((1.5 - 0.5) / 2)
+    assert metrics["rewards/chosen"] == pytest.approx(0.5 * (2 + 0) / 2)
+    # equal log-ratios: the loss is log 2 whatever beta is
+    zero, _ = dpo_loss(*(torch.zeros(3),) * 4, beta=7.0)
+    assert float(zero) == pytest.approx(math.log(2))
+
+
+def test_make_pairs_puts_same_state_pairs_first_and_caps():
+    def t(seed, ok):
+        return Trajectory(f"{seed}{ok}", seed, ok, None, None, None, INSTRUCTION)
+
+    trajs = [t(1, True), t(2, False), t(1, False), t(3, True)]
+    pairs = make_pairs(trajs, DPOConfig(max_pairs=10))
+    assert pairs[0] == (0, 2)  # the only same-state pair
+    assert set(pairs) == {(0, 2), (0, 1), (3, 1), (3, 2)}
+    assert make_pairs(trajs, DPOConfig(cross_state_pairs=False)) == [(0, 2)]
+    assert len(make_pairs(trajs, DPOConfig(max_pairs=2))) == 2
+
+
+def test_dpo_step_raises_chosen_log_ratio_over_rejected(tmp_path):
+    from offline_trainer.real_rollouts import load_vla
+    from wmpo_core.store import EpisodeMeta, EpisodeStore
+
+    ckpt = tiny_policy_checkpoint(tmp_path / "policy")
+    policy, _ = load_vla(ckpt)
+    reference, _ = load_vla(ckpt)
+    store = EpisodeStore(tmp_path / "store", create=True)
+    rng = np.random.default_rng(1)
+    for i, ok in enumerate([True, False]):
+        steps = 13  # one full chunk of 8 and one cut to 5 actions by "success"
+        meta = EpisodeMeta(
+            id=f"e{i}",
+            task="Lift",
+            instruction=INSTRUCTION,
+            success=ok,
+            kind="rollout",
+            seed=7,
+            extra={"executed_steps": steps},
+        )
+        frames = rng.integers(0, 255, (steps + 1, 48, 48, 3), dtype=np.uint8)
+        store.add(meta, frames, rng.uniform(-0.5, 0.5, (steps + 1, 7)))
+    trajs = [
+        trajectory_from_episode(store.load(i), policy.processor, policy.config) for i in store.ids()
+    ]
+    assert trajs[0].tokens.shape == (2, 8, 7) and int(trajs[0].mask.sum()) == 13
+    assert trajs[0].images.shape == (2, 32, 32, 3)
+
+    def margin() -> float:
+        with torch.no_grad():
+            lp = [trajectory_logprob(m, t, 1.0) for m in (policy, reference) for t in trajs]
+        return float((lp[0] - lp[2]) - (lp[1] - lp[3]))
+
+    assert margin() == pytest.approx(0.0, abs=1e-4)  # pi == ref before the step
+    cfg = DPOConfig(epochs=1, pairs_per_step=1, learning_rate=1e-3, beta=0.1)
+    rows = train_dpo(policy, reference, trajs, cfg, log=lambda _m: None)
+    assert len(rows) == 1 and rows[0]["losses/dpo_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert margin() > 0.5  # one step: the chosen trajectory gained log-prob over the rejected
+    ref_params = dict(reference.named_parameters())
+    assert all(not p.requires_grad for p in ref_params.values())
+
+    with pytest.raises(WmpoError, match="at least one success and one failure"):
+        train_dpo(policy, reference, trajs[:1], cfg, log=lambda _m: None)
+
+
+def test_real_budget_refuses_to_overspend():
+    budget = RealBudget(3)
+    budget.take(2)
+    with pytest.raises(BudgetExceeded, match="P=3 exhausted"):
+        budget.take(2)
+    assert budget.used == 2  # a refused request spends nothing
+    budget.take(1)
+    assert budget.remaining == 0
+
+
+@pytest.mark.sim
+def test_online_grpo_in_the_real_sim_counts_episodes_against_the_budget(tmp_path):
+    """Tiny policy, 32 px camera, 8-step real Lift episodes: G = 2, one group per
+    iteration, P = 5 -> two iterations (4 episodes), then P cannot pay for a group."""
+    from offline_trainer.baselines.online_grpo import OnlineGRPOTrainer, OnlineRunConfig
+    from offline_trainer.grpo.config import GRPOConfig
+    from offline_trainer.real_rollouts import (
+        SampledChunkPolicy,
+        add_to_store,
+        collect_real_rollouts,
+        load_vla,
+        open_arm,
+    )
+    from wmpo_core.policy.checkpoint_policy import load_policy
+    from wmpo_core.store import EpisodeStore
+
+    torch.set_num_threads(1)
+    ckpt = tiny_policy_checkpoint(tmp_path / "policy")
+    config = GRPOConfig.for_preset(
+        "tiny",
+        group_size=2,
+        groups_per_step=1,
+        max_sampling_rounds=1,
+        success_rate_low=0.0,  # untrained policy: keep the group to drive the update path
+        success_rate_high=1.0,
+        minibatch_trajectories=2,
+        micro_batch_trajectories=2,
+        learning_rate=1e-2,
+        iterations=100,
+        checkpoint_every=1,
+    )
+    run = OnlineRunConfig(task="Lift", budget=5, horizon=8)
+    policy, _ = load_vla(ckpt)
+    out = tmp_path / "run"
+    with open_arm("Lift", 32, horizon=8) as arm:
+        trainer = OnlineGRPOTrainer(config, policy, arm, run, out, log=None)
+        rows = trainer.train()
+        assert len(rows) == 2 and trainer.iteration == 2
+        assert trainer.budget.used == 4 and trainer.budget.remaining == 1
+        assert [r["budget/real_episodes_used"] for r in rows] == [2.0, 4.0]
+        for r in rows:
+            assert r["rollout/real_episodes"] == 2.0 and r["rollout/mean_steps"] == 8.0
+            assert r["train/optimizer_steps"] == 1.0
+            assert r["debug/first_logprob_max_abs_diff"] < 1e-5  # real rollouts' log-probs
+        # Resuming restores the spent budget: nothing is left to run.
+        again = OnlineGRPOTrainer(config, load_vla(ckpt)[0], arm, run, out, log=None)
+        assert again.train() == [] and again.budget.used == 4
+
+        # The budget refuses the episode that would exceed P, after running the affordable one.
+        budget = RealBudget(5, used=4)
+        sampler = SampledChunkPolicy(policy, 1.0)
+        with pytest.raises(BudgetExceeded):
+            collect_real_rollouts(arm, sampler, [50_000, 50_001], budget, INSTRUCTION)
+        assert budget.used == 5
+        (r,) = collect_real_rollouts(arm, sampler, [50_002], RealBudget(1), INSTRUCTION)
+    # The stored rollout re-tokenizes to exactly the sampled tokens (what DPO trains on).
+    store = EpisodeStore(tmp_path / "store", create=True)
+    add_to_store(store, r, "Lift", "r0", "v0")
+    traj = trajectory_from_episode(store.load("r0"), policy.processor, policy.config)
+    assert torch.equal(traj.tokens, r.tokens) and int(traj.mask.sum()) == r.length == 8
+    assert store.meta("r0").labelled_by == "sim" and store.meta("r0").n_frames == 9
+
+    _, _, manifest = load_policy(out / "policy")
+    assert manifest["baseline"] == "grpo-online" and manifest["real_budget"] == 5
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sum(m["rollout/real_episodes"] for m in metrics) == 4
