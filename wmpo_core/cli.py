@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "world-model": ("offline_trainer.train_world_model", "train / align the world model"),
         "reward": ("offline_trainer.train_reward", "train the success reward model"),
         "grpo": ("offline_trainer.grpo", "GRPO of the policy inside the world model (WMPO)"),
+        "grpo-online": ("offline_trainer.baselines.online_grpo", "baseline: GRPO in the real sim"),
+        "dpo": ("offline_trainer.baselines.dpo", "baseline: offline DPO on real rollouts"),
     },
     "eval": {
         "policy": ("offline_trainer.eval_policy", "success rate of a policy in the sim"),
