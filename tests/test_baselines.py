@@ -15,9 +15,9 @@ from offline_trainer.baselines.dpo import (
     Trajectory,
     dpo_loss,
     make_pairs,
+    train_dpo,
     trajectory_from_episode,
     trajectory_logprob,
-    train_dpo,
 )
 from offline_trainer.real_rollouts import BudgetExceeded, RealBudget
 from wmpo_core.errors import WmpoError
