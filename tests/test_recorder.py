@@ -262,7 +262,7 @@ def test_teleop_expert_drives_sim_and_recorder_records_it(tmp_path, capsys):
     + recorder_node over DDS; the bag then ingests into an episode store."""
     from wmpo_core.store import EpisodeStore
 
-    topics = TOPICS + ["/wmpo/sim/state std_msgs/msg/String reliable"]
+    topics = TOPICS + ["/wmpo/sim/state std_msgs/msg/String reliable seq=json:step"]
     rec, out = start_recorder(tmp_path, topics=topics)
     sim_cfg = tmp_path / "sim.yaml"
     sim_cfg.write_text(
@@ -294,7 +294,7 @@ def test_teleop_expert_drives_sim_and_recorder_records_it(tmp_path, capsys):
     bag = bags[0]
     side = read_sidecar(bag)
     assert side.kind == "demonstration" and side.labelled_by == "sim" and side.seed == 5
-    assert side.total_lost == 0
+    assert side.total_lost == 0 and side.seq_gaps == {}
     counts = {t: v["count"] for t, v in side.topics.items()}
     assert counts[TWIST_COMMAND_TOPIC] == 30 and counts[GRIPPER_COMMAND_TOPIC] == 30
     assert counts[CAMERA_TOPIC] >= 30 and counts[JOINT_STATES_TOPIC] >= 30
