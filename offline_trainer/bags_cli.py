@@ -61,7 +61,8 @@ def episode_row(bag, camera: str = CAMERA_TOPIC) -> dict[str, str]:
         row["id"] = side.id
         row["task"] = side.task or "-"
         row["label"] = side.label or ("discarded" if health.discarded else "-")
-        row["policy"] = side.policy_version or ("(teleop)" if side.kind == "demonstration" else "-")
+        demo = side.kind == "demonstration" or not (side.kind or side.policy_version)
+        row["policy"] = side.policy_version or ("(demo)" if demo else "-")
     return row
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from wmpo_core.bags.episode import ACTION_SOURCES, IngestConfig, load_episode
+from wmpo_core.bags.episode import ACTION_SOURCES, MATCHES, IngestConfig, load_episode
 from wmpo_core.bags.metadata import STATUS_DISCARDED, read_sidecar
 from wmpo_core.bags.reader import find_bags
 from wmpo_core.bags.verify import check_bag
@@ -43,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate-hz", type=float, default=DEFAULT_CONTROL_RATE_HZ)
     parser.add_argument("--camera", default=CAMERA_TOPIC, help="camera topic to store")
     parser.add_argument("--actions", choices=ACTION_SOURCES, default="auto")
+    parser.add_argument(
+        "--match",
+        choices=MATCHES,
+        default="nearest",
+        help="frame -> command: nearest in time, or the next one at/after the frame (causal)",
+    )
 
 
 def bag_content_hash(bag: Path) -> str:
@@ -82,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         rate_hz=args.rate_hz,
         camera_topic=args.camera,
         actions=args.actions,
+        match=args.match,
     )
     store = EpisodeStore(args.out, create=True)
     known = store.source_hashes()

@@ -282,7 +282,7 @@ def test_bags_ls_table(tmp_path, capsys):
         "HEALTH",
     ]
     rows = {line.split()[0]: line.split() for line in out[1:4]}
-    assert rows["a"][1:6] == ["Lift", "0.2s", "4", "success", "(teleop)"]
+    assert rows["a"][1:6] == ["Lift", "0.2s", "4", "success", "(demo)"]
     assert rows["b"][3:5] == ["7", "failure"] and rows["b"][-1] == "ok"
     assert rows["c"][-1] == "REPAIRABLE"
     assert "1 unhealthy" in out[-1]

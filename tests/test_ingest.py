@@ -51,6 +51,18 @@ def test_align_nearest_command_picks_closest():
     assert a.gap_frames == [2] and (a.actions[:, 6] == 1.0).all()
 
 
+def test_next_match_is_causal(tmp_path):
+    # Commands lag their frames by 40 ms of a 50 ms period: 'nearest' pairs frame i with
+    # the command of frame i-1 (10 ms before it); 'next' pairs it with its own.
+    bag = write_episode_bag(tmp_path / "ep", n=8, dt_ms=50, offset_ms=40)
+    _, _, nearest = load_episode(bag, IngestConfig(image_size=16, tolerance_ms=45))
+    np.testing.assert_allclose(nearest[3], expected_action(2), atol=1e-6)
+    meta, _, nxt = load_episode(bag, IngestConfig(image_size=16, tolerance_ms=45, match="next"))
+    for i in range(8):
+        np.testing.assert_allclose(nxt[i], expected_action(i), atol=1e-6)
+    assert meta.extra["alignment"]["match"] == "next"
+
+
 def test_ingest_cli_incremental_corrupt_and_fsspec(tmp_path, capsys):
     bags = tmp_path / "bags"
     for i, label in enumerate(["success", "failure", "success"]):

@@ -41,6 +41,7 @@ from wmpo_core.interfaces import (
 from wmpo_core.store import EpisodeMeta
 
 ACTION_SOURCES = ("auto", "twist", "chunk")
+MATCHES = ("nearest", "next")
 
 
 @dataclass
@@ -54,6 +55,10 @@ class IngestConfig:
     camera_topic: str = CAMERA_TOPIC
     actions: str = "auto"
     """'twist' (arm commands), 'chunk' (executed action chunks) or 'auto' (twist if present)."""
+    match: str = "nearest"
+    """'nearest' command in time, or 'next': the first command at or after the frame (causal:
+    the command computed from frame t cannot precede it; use it when commands lag frames by
+    more than half a frame period, e.g. a wall-clock sim with an unsynchronised teleop)."""
 
     def __post_init__(self) -> None:
         if self.image_size <= 0 or self.tolerance_ms < 0 or self.rate_hz <= 0:
@@ -63,6 +68,8 @@ class IngestConfig:
             )
         if self.actions not in ACTION_SOURCES:
             raise ValueError(f"actions must be one of {ACTION_SOURCES}, got '{self.actions}'")
+        if self.match not in MATCHES:
+            raise ValueError(f"match must be one of {MATCHES}, got '{self.match}'")
 
 
 @dataclass
@@ -82,8 +89,10 @@ def align_actions(
     grip_ns: np.ndarray,
     grip_values: np.ndarray,
     tolerance_ns: int,
+    match: str = "nearest",
 ) -> Alignment:
-    """Nearest motion command per frame within the tolerance; the gripper holds its last value.
+    """Nearest (or next, see IngestConfig.match) motion command per frame within the
+    tolerance; the gripper holds its last value.
 
     cmd_motion: [N, 6] normalized motion at cmd_ns (sorted); grip_values at grip_ns (sorted).
     """
@@ -92,7 +101,7 @@ def align_actions(
     gaps: list[int] = []
     max_off = 0
     for i, ft in enumerate(frame_ns):
-        j = _nearest(cmd_ns, ft)
+        j = _nearest(cmd_ns, ft) if match == "nearest" else _next(cmd_ns, ft)
         if j is None or abs(int(cmd_ns[j]) - int(ft)) > tolerance_ns:
             gaps.append(i)
             ref = ft
@@ -116,6 +125,11 @@ def _nearest(times: np.ndarray, t: int) -> int | None:
     if j == len(times):
         return j - 1
     return j if times[j] - t < t - times[j - 1] else j - 1
+
+
+def _next(times: np.ndarray, t: int) -> int | None:
+    j = int(np.searchsorted(times, t, side="left"))
+    return j if j < len(times) else None
 
 
 def _stamp_ns(header: Any) -> int:
@@ -181,10 +195,12 @@ def load_episode(
         np.array([g[0] for g in grips], dtype=np.int64),
         np.array([g[1] for g in grips], dtype=np.float64),
         int(config.tolerance_ms * 1e6),
+        config.match,
     )
     meta = _meta(bag, read_sidecar(bag), events, instruction, frame_ns)
     meta.extra["alignment"] = {
         "action_source": source,
+        "match": config.match,
         "tolerance_ms": config.tolerance_ms,
         "gap_frames": aligned.gap_frames,
         "n_gaps": len(aligned.gap_frames),
