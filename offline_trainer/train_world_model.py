@@ -72,6 +72,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--heldout-frac", type=float, default=0.15, help="episodes kept for eval")
     p.add_argument("--save-every", type=float, default=5.0, help="minutes between checkpoints")
+    p.add_argument(
+        "--refresh-data",
+        type=float,
+        default=0.0,
+        help="re-scan the stores for new episodes every this many minutes (0: never)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT and its train state")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
@@ -91,29 +97,20 @@ def run(args: argparse.Namespace) -> int:
         raise WmpoError("--align-policy-version fine-tunes a model: also pass --init WM")
 
     config, net = _make_model(args, out)
-    selected = select_episodes(
-        args.data, task=args.task, policy_version=args.align, heldout_frac=args.heldout_frac
-    )
-    dataset = WindowDataset(load_arrays(selected), config, n_chunks=2)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=0
-    )
-    if len(loader) == 0:
-        raise WmpoError(
-            f"{len(dataset)} windows < batch size {args.batch_size}; lower --batch-size"
-        )
+    selected, loader = _data(args, config)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     info = {"step": 0, "seconds": 0.0}
     if args.resume:
         info = load_train_state(out, opt) or info
     acc = Accelerator()
-    model, opt, loader = acc.prepare(net, opt, loader)
+    model, opt = acc.prepare(net, opt)
+    loader = acc.prepare(loader)
     budget = args.minutes * 60.0
     acc.print(
         f"world model {config.preset}/{config.variant}: "
         f"{sum(p.numel() for p in params) / 1e6:.2f} M trainable params, "
-        f"{len(selected)} episodes, {len(dataset)} windows, budget {args.minutes} min"
+        f"{len(selected)} episodes, {len(loader.dataset)} windows, budget {args.minutes} min"
     )
     start = time.monotonic() - info["seconds"]
     last_save = time.monotonic()
@@ -122,7 +119,14 @@ def run(args: argparse.Namespace) -> int:
     )
     losses: list[float] = []
     done = False
+    last_refresh = time.monotonic()
     while not done:
+        if args.refresh_data and time.monotonic() - last_refresh > args.refresh_data * 60:
+            # Episodes keep arriving while a long run trains (collection, the robot's bags).
+            selected, loader = _data(args, config)
+            loader = acc.prepare(loader)
+            last_refresh = time.monotonic()
+            acc.print(f"data refreshed: {len(selected)} episodes")
         for raw in loader:
             elapsed = time.monotonic() - start
             frac = elapsed / budget
@@ -149,6 +153,21 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     acc.print(f"saved {out} after {info['step']} steps, {info['seconds'] / 60:.1f} min")
     return 0
+
+
+def _data(args: argparse.Namespace, config: WorldModelConfig):
+    selected = select_episodes(
+        args.data, task=args.task, policy_version=args.align, heldout_frac=args.heldout_frac
+    )
+    dataset = WindowDataset(load_arrays(selected), config, n_chunks=2)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=0
+    )
+    if len(loader) == 0:
+        raise WmpoError(
+            f"{len(dataset)} windows < batch size {args.batch_size}; lower --batch-size"
+        )
+    return selected, loader
 
 
 def _make_model(args: argparse.Namespace, out: Path) -> tuple[WorldModelConfig, torch.nn.Module]:
