@@ -45,12 +45,14 @@ from wmpo_core.errors import WmpoError
 class DPOConfig:
     beta: float = 0.1
     """DPO temperature on the log-ratio margin (Rafailov et al.: 0.1)."""
-    learning_rate: float = 1e-5
-    """AdamW learning rate (tiny policy; a 7B VLA wants ~1e-6)."""
+    learning_rate: float = 1e-4
+    """AdamW learning rate: the tiny GRPO preset's, so both baselines move the same policy
+    at the same step size (a 7B VLA wants ~1e-6)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
-    epochs: int = 4
-    """Passes over the pairs."""
+    epochs: int = 2
+    """Passes over the pairs (few: with small P the pairs share trajectories, and DPO
+    overfits them quickly)."""
     pairs_per_step: int = 8
     """Pairs per optimizer step."""
     max_pairs: int = 256
