@@ -4,8 +4,8 @@ Modes (parameter `mode`):
   joy       sensor_msgs/Joy on /joy -> EE-delta (wmpo_core.teleop.JoyTeleop; deadman button)
   keyboard  keys on stdin (w/s a/d r/f q/e move, space gripper; y/n label, x discard,
             b start, p stop)
-  expert    the embedded sim's scripted expert is the operator: reads /wmpo/sim/state
-            JSON, runs make_expert(task, noise, seed).act(state)
+  expert    the embedded sim's scripted expert is the operator: on each /wmpo/sim/state
+            JSON (one per sim control step) runs make_expert(task, noise, seed).act(state)
 
 Every mode publishes geometry_msgs/TwistStamped + std_msgs/Float64 gripper at the
 control rate through wmpo_core.commands.ee_action_to_twist. A teleop session is a
@@ -183,7 +183,7 @@ class TeleopNode(Node):
             self._seed = int(event.get("seed") or self._seed)
             self._new_expert(self._seed)
             self._steps = self._hold = 0
-            self._success, self._state = False, None
+            self._success = False
             if self._phase in ("requested", "idle"):
                 self._phase = "running" if self.p["manage_episodes"] != "off" else "idle"
 
@@ -229,7 +229,6 @@ class TeleopNode(Node):
                 f"manage_episodes must be one of {EPISODE_MANAGERS}, got '{self.p['manage_episodes']}'"
             )
         self._make_expert = make_expert
-        self._state: dict | None = None
         self._success = False
         self._steps = self._hold = 0
         self._requested_at = 0.0
@@ -243,7 +242,17 @@ class TeleopNode(Node):
         self.expert = self._make_expert(self.p["task"], self.p["noise"], seed)
 
     def _on_state(self, msg: String) -> None:
-        self._state = json.loads(msg.data)
+        # Act as soon as a state arrives (the sim publishes one per control step): the
+        # command then follows its frame by milliseconds, not by up to a timer period,
+        # so ingest pairs every frame with the command computed from it.
+        if self._phase not in ("running", "idle"):
+            return
+        self._publish(np.asarray(self.expert.act(json.loads(msg.data)), dtype=np.float64))
+        if self._phase == "running":
+            self._steps += 1
+            self._hold = self._hold + 1 if self._success else 0
+            if self._hold >= self.p["success_hold_steps"] or self._steps >= self.p["max_steps"]:
+                self._end_episode()
 
     def _on_success(self, msg: Bool) -> None:
         self._success = bool(msg.data)
@@ -251,16 +260,8 @@ class TeleopNode(Node):
     def _expert_tick(self) -> None:
         if self._phase == "request":
             self._request_episode()
-        elif self._phase == "requested" and time.monotonic() - self._requested_at > 10.0:
+        elif self._phase == "requested" and time.monotonic() - self._requested_at > 30.0:
             self._phase = "request"  # the start never came: ask again
-        elif self._phase in ("running", "idle") and self._state is not None:
-            state, self._state = self._state, None
-            self._publish(np.asarray(self.expert.act(state), dtype=np.float64))
-            if self._phase == "running":
-                self._steps += 1
-                self._hold = self._hold + 1 if self._success else 0
-                if self._hold >= self.p["success_hold_steps"] or self._steps >= self.p["max_steps"]:
-                    self._end_episode()
 
     def _request_episode(self) -> None:
         """Ask for the next episode; it begins when its start event arrives (_on_event)."""
