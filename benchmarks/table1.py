@@ -138,6 +138,7 @@ def base_rollouts(runner: Runner, task: str, policy: str, p: int, args) -> tuple
         repeats=args.repeats,
         temperature=args.rollout_temperature,
         image_size=args.image_size,
+        horizon=args.train_horizon,
         progress=False,
     )
     sub_root = runner.work / task / f"P{p}" / "store"
@@ -167,8 +168,8 @@ def run_task(runner: Runner, task: str, args, paths: dict[str, dict[str, str]]) 
             out = work / "grpo_online"
             cmd = ["train", "grpo-online", "--policy", policy, "--task", task]
             cmd += ["--budget", str(p), "--out", str(out), "--threads", str(args.threads)]
-            if args.online_horizon:
-                cmd += ["--horizon", str(args.online_horizon)]
+            if args.train_horizon:
+                cmd += ["--horizon", str(args.train_horizon)]
             cmd += ["--set", *args.grpo_set] if args.grpo_set else []
             runner.wmpo(f"{task}_P{p}_grpo_online", cmd)
             metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -267,7 +268,9 @@ def main() -> int:
     ap.add_argument("--demos", nargs="*", default=[], help="TASK=labelled store for the reward")
     ap.add_argument("--eval-episodes", type=int, default=50)
     ap.add_argument("--eval-horizon", type=int, default=None, help="eval step limit (task's)")
-    ap.add_argument("--online-horizon", type=int, default=None, help="online GRPO step limit")
+    ap.add_argument(
+        "--train-horizon", type=int, default=None, help="real training episodes' step limit"
+    )
     ap.add_argument("--rollout-temperature", type=float, default=1.0, help="base rollouts")
     ap.add_argument("--repeats", type=int, default=4, help="base rollouts per initial state")
     ap.add_argument("--image-size", type=int, default=64, help="stored rollout frame size")
