@@ -73,6 +73,10 @@ class TrainPolicyConfig:
     """Random shift of up to +-shift_pad pixels (DrQ uses 4 at 84 px)."""
     color_jitter: float = 0.1
     """Brightness / contrast jitter amplitude (images in [-1, 1])."""
+    label_sigma_bins: float = 0.0
+    """> 0: cross-entropy against a Gaussian over neighbouring bins (sigma in bins) instead of
+    a one-hot target. Neighbouring bins are neighbouring actions, and noisy demonstrations
+    spread each target over many bins; smoothing shares evidence between them."""
     with_rollouts: bool = False
     """Also clone successful policy rollouts from the store."""
     val_episodes: int = -1
@@ -122,6 +126,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-augment", action="store_true", help="turn image augmentation off")
     parser.add_argument("--shift-pad", type=int, default=3, help="random shift, pixels")
     parser.add_argument(
+        "--label-sigma", type=float, default=0.0, help="Gaussian label smoothing, in bins"
+    )
+    parser.add_argument(
         "--with-rollouts", action="store_true", help="also clone successful rollouts"
     )
     parser.add_argument("--val-episodes", type=int, default=-1)
@@ -154,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         augment=not args.no_augment,
         shift_pad=args.shift_pad,
+        label_sigma_bins=args.label_sigma,
         with_rollouts=args.with_rollouts,
         val_episodes=args.val_episodes,
         seed=args.seed,
@@ -276,6 +284,7 @@ def bc_loss(
     aug_gen: torch.Generator | None,
     shift_pad: int = 3,
     color_jitter: float = 0.1,
+    label_sigma_bins: float = 0.0,
 ) -> tuple[torch.Tensor, float]:
     """Masked token cross-entropy of a window batch; returns (loss, token accuracy)."""
     batch = processor.batch(sample["frames"], sample["instruction"])
@@ -284,7 +293,14 @@ def bc_loss(
     tokens = torch.from_numpy(processor.tokenizer.encode(sample["actions"]))  # [B, K, D]
     valid = torch.from_numpy(sample["action_valid"])[:, :, None].expand_as(tokens).float()
     logits = model(batch)
-    ce = F.cross_entropy(logits.flatten(0, 2), tokens.flatten(), reduction="none")
+    flat = logits.flatten(0, 2)
+    if label_sigma_bins > 0:
+        bins = torch.arange(flat.shape[-1], dtype=torch.float32)
+        dist = bins[None, :] - tokens.flatten()[:, None].float()
+        target = torch.softmax(-(dist**2) / (2 * label_sigma_bins**2), dim=-1)
+        ce = -(target * F.log_softmax(flat, dim=-1)).sum(dim=-1)
+    else:
+        ce = F.cross_entropy(flat, tokens.flatten(), reduction="none")
     loss = (ce * valid.flatten()).sum() / valid.sum().clamp_min(1)
     acc = ((logits.argmax(-1) == tokens).float() * valid).sum() / valid.sum().clamp_min(1)
     return loss, float(acc)
@@ -396,6 +412,7 @@ def train_policy(cfg: TrainPolicyConfig) -> dict:
             aug_gen if cfg.augment else None,
             cfg.shift_pad,
             cfg.color_jitter,
+            cfg.label_sigma_bins,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -445,6 +462,7 @@ def train_policy(cfg: TrainPolicyConfig) -> dict:
         stats,
         instructions=train_data.instructions,
         episode_ids=train_ids,
+        seeds=[e.meta.seed for e in train_data.episodes if e.meta.seed is not None],
         metrics=metrics,
         name=cfg.name,
         extra_manifest={
