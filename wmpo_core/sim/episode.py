@@ -11,8 +11,9 @@ from wmpo_core.sim.arm import SimArm
 from wmpo_core.sim.experts import ScriptedExpert
 
 EXTRA_STEPS_AFTER_SUCCESS = 8
-"""Steps recorded after the success flag first rises, so a success's last frames
-show the result (the cube held up, the nut on the peg), not the instant it happened."""
+"""Steps recorded after the success flag rises, so a success's last frames show the
+result (the cube held up, the nut on the peg), not the instant it happened. The flag
+must stay up through them: if it falls (the cube is dropped) the episode goes on."""
 
 
 @dataclass
@@ -21,7 +22,7 @@ class ExpertEpisode:
     success: bool
     """The privileged success flag at the end of the episode (after the extra steps)."""
     success_step: int | None
-    """Step at which the flag first rose, or None."""
+    """Step at which the flag rose (and then stayed up to the end), or None."""
     frames: np.ndarray | None
     """uint8 [T, H, W, 3]: frame t is observed before action t; None when render=False."""
     actions: np.ndarray
@@ -61,6 +62,8 @@ def run_expert_episode(
         state = arm.privileged_state()
         if success_step is None and state["success"]:
             success_step = t + 1
+        elif success_step is not None and not state["success"]:
+            success_step = None  # lost it again (e.g. dropped): not a success, keep going
         if success_step is not None and t + 1 >= success_step + extra_steps:
             break
         if success_step is None and stop_when_done and expert.done:

@@ -16,7 +16,8 @@ sideways miss). Each is drawn once per episode from the expert's rng:
 - ``lateral_offset``: approach and grasp 3-6 cm beside the object in a random
   horizontal direction; the arm closes on air (or the object's edge) and lifts.
 - ``no_grasp``: the gripper never closes; the arm goes through the motions.
-- ``drop``: the gripper opens 2-10 steps into the lift/carry and stays open.
+- ``drop``: the gripper opens 1-3 steps into the lift and stays open (the object
+  slips out during the lift; later and a Lift would already count as a success).
 - ``stall``: at a random step in [5, 60], the arm holds still (zero motion) for
   10-40 steps, then resumes; mostly still a success, just slower.
 - ``noise_burst``: at a random step in [5, 60], 10-25 steps of uniformly random
@@ -113,7 +114,7 @@ class ScriptedExpert:
             offset=self.rng.uniform(0.03, 0.06) * np.array([np.cos(angle), np.sin(angle), 0.0]),
             start=int(self.rng.integers(5, 61))
             if self.perturbation != "drop"
-            else int(self.rng.integers(2, 11)),
+            else int(self.rng.integers(1, 4)),
             length=int(self.rng.integers(10, 41))
             if self.perturbation == "stall"
             else int(self.rng.integers(10, 26)),
