@@ -34,6 +34,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import TwistStamped
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
@@ -118,7 +119,15 @@ class SimNode(Node):
         self.pub_diag = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         self.pub_clock = self.create_publisher(Clock, CLOCK_TOPIC, 10) if self.lockstep else None
         self.create_subscription(TwistStamped, TWIST_COMMAND_TOPIC, self._on_twist, 10)
-        self.create_subscription(Float64, GRIPPER_COMMAND_TOPIC, self._on_gripper, 10)
+        # Own callback group: with twists always pending (lockstep) the gripper callback would
+        # otherwise never get the node's one mutually exclusive group (it only sets a float).
+        self.create_subscription(
+            Float64,
+            GRIPPER_COMMAND_TOPIC,
+            self._on_gripper,
+            10,
+            callback_group=MutuallyExclusiveCallbackGroup(),
+        )
         self.create_service(Trigger, SIM_RESET_SERVICE, self._on_reset)
         self.create_timer(1.0, self._publish_diagnostics)
         self._rate_window = (time.monotonic(), 0)  # (wall time, total_steps) at last diagnostics
