@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-epochs", type=int, default=0, help="stop after this many epochs (0: none)"
     )
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--heldout-frac", type=float, default=0.15, help="episodes kept for eval")
     p.add_argument("--cal-frac", type=float, default=0.2, help="training episodes for calibration")
     p.add_argument("--imagined-from", default=None, help="world model: add re-imagined episodes")
@@ -65,15 +65,18 @@ def run(args: argparse.Namespace) -> int:
     )
     cal_ids = {m.id for _, m in selected if is_heldout(m.id + "/reward-cal", args.cal_frac)}
     arrays = load_arrays(selected)
-    labels = [bool(m.success) for _, m in selected]
+    # (frames, label, first success step or None) per episode
+    labels = [(bool(m.success), _success_step(m)) for _, m in selected]
     ids = [m.id for _, m in selected]
-    train = [(f, y) for (f, _), y, i in zip(arrays, labels, ids, strict=True) if i not in cal_ids]
-    cal = [(f, y) for (f, _), y, i in zip(arrays, labels, ids, strict=True) if i in cal_ids]
+    train = [(f, *y) for (f, _), y, i in zip(arrays, labels, ids, strict=True) if i not in cal_ids]
+    cal = [(f, *y) for (f, _), y, i in zip(arrays, labels, ids, strict=True) if i in cal_ids]
     if args.imagined_from:
         imagined = _imagine(args.imagined_from, arrays)
-        train += [(f, y) for f, y, i in zip(imagined, labels, ids, strict=True) if i not in cal_ids]
-        cal += [(f, y) for f, y, i in zip(imagined, labels, ids, strict=True) if i in cal_ids]
-    n_pos = sum(y for _, y in train)
+        train += [
+            (f, *y) for f, y, i in zip(imagined, labels, ids, strict=True) if i not in cal_ids
+        ]
+        cal += [(f, *y) for f, y, i in zip(imagined, labels, ids, strict=True) if i in cal_ids]
+    n_pos = sum(y for _, y, _ in train)
     if n_pos == 0 or n_pos == len(train):
         raise WmpoError(
             f"{args.data}: reward training needs successes and failures; found {n_pos} successes "
@@ -83,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     config = RewardModelConfig(preset=args.preset, image_size=size, base_path=args.base_path)
     model = RewardModel(config).train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    # Linear warm-up: a ViT trained from scratch diverges at 1e-3 without one.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 100))
     print(
         f"reward model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, "
         f"{len(train)} train episodes ({n_pos} successes), {len(cal)} calibration episodes"
@@ -90,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     start, epoch = time.monotonic(), 0
     bar = tqdm(total=int(args.minutes * 60), unit="s")
     while time.monotonic() - start < args.minutes * 60:
-        loss = _epoch(model, opt, train, config, rng, args.batch_size)
+        loss = _epoch(model, opt, sched, train, config, rng, args.batch_size)
         epoch += 1
         bar.update(int(time.monotonic() - start) - bar.n)
         bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}")
@@ -129,10 +134,10 @@ def _augment(x: torch.Tensor) -> torch.Tensor:
     return x + 0.05 * torch.randn_like(x)
 
 
-def _epoch(model, opt, episodes, config, rng, batch_size: int) -> float:
+def _epoch(model, opt, sched, episodes, config, rng, batch_size: int) -> float:
     clips, ys = [], []
-    for frames, y in episodes:
-        for idx, label in training_clips(frames, y, config.num_frames, rng):
+    for frames, y, success_step in episodes:
+        for idx, label in training_clips(frames, y, config.num_frames, rng, 2, success_step):
             clips.append(frames[idx])
             ys.append(label)
     order = rng.permutation(len(clips))
@@ -147,17 +152,23 @@ def _epoch(model, opt, episodes, config, rng, batch_size: int) -> float:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         losses.append(loss.item())
     return float(np.mean(losses))
 
 
 def _calibrate(model: RewardModel, episodes) -> dict[str, float]:
-    scores = np.array([model.window_probs(f)[0].max() for f, _ in episodes])
-    labels = np.array([y for _, y in episodes])
+    scores = np.array([model.window_probs(f)[0].max() for f, _, _ in episodes])
+    labels = np.array([y for _, y, _ in episodes])
     thr, f1 = calibrate_threshold(scores, labels)
     model.config.threshold = thr
     acc = float(((scores > thr) == labels).mean())
     return {"cal/f1": f1, "cal/accuracy": acc, "cal/episodes": len(episodes), "cal/threshold": thr}
+
+
+def _success_step(meta) -> int | None:
+    step = (meta.extra or {}).get("success_step")
+    return int(step) if meta.success and step is not None else None
 
 
 def _imagine(wm_path: str, arrays) -> list[np.ndarray]:

@@ -42,11 +42,19 @@ def window_starts(n_frames: int, num_frames: int) -> np.ndarray:
 
 
 def training_clips(
-    frames: np.ndarray, success: bool, num_frames: int, rng: np.random.Generator, n_neg: int = 2
+    frames: np.ndarray,
+    success: bool,
+    num_frames: int,
+    rng: np.random.Generator,
+    n_neg: int = 2,
+    success_step: int | None = None,
 ) -> list[tuple[np.ndarray, int]]:
-    """Clip indices and labels of one episode: the final window of a success is positive
-    (with a 0-2 frame jitter); earlier windows of a success (before the last 25 %) and any
-    window of a failure (its final one included) are negative."""
+    """Clip indices and labels of one episode (WMPO recipe): the final window of a success
+    is positive (with a 0-2 frame jitter); earlier windows of a success and any window of
+    a failure (its final one included) are negative. When the step at which the sim first
+    flagged success is known, one more positive ends anywhere from that step on, and the
+    earlier negatives end at least 3 frames before it (the lift is then only 2-3 px high);
+    otherwise negatives come from the first 75 % of the episode."""
     t = len(frames)
     out: list[tuple[np.ndarray, int]] = []
 
@@ -55,7 +63,11 @@ def training_clips(
 
     if success:
         out.append((clip(t - 1 - int(rng.integers(0, min(3, t)))), 1))
-        hi = max(1, int(0.75 * t) - 1)
+        if success_step is not None and 3 <= success_step < t:
+            out.append((clip(int(rng.integers(success_step, t))), 1))
+            hi = success_step - 2
+        else:
+            hi = max(1, int(0.75 * t) - 1)
         out += [(clip(int(rng.integers(0, hi))), 0) for _ in range(n_neg)]
     else:
         out.append((clip(t - 1), 0))
