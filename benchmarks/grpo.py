@@ -74,6 +74,26 @@ def first_frames(d: Path, task: str, image_size: int, n: int) -> Path:
     return d / "store"
 
 
+class Timed:
+    """Wraps one method of a model adapter and adds up the seconds spent in it."""
+
+    def __init__(self, inner, method: str, clock: dict, key: str):
+        self._inner, self._method, self._clock, self._key = inner, method, clock, key
+
+    def __getattr__(self, name):
+        attr = getattr(self._inner, name)
+        if name != self._method:
+            return attr
+
+        def timed(*a, **kw):
+            t0 = time.perf_counter()
+            out = attr(*a, **kw)
+            self._clock[self._key] = self._clock.get(self._key, 0.0) + time.perf_counter() - t0
+            return out
+
+        return timed
+
+
 def imagined(args, policy: Path, wm: Path, rm: Path, store: Path, out: Path) -> dict:
     from offline_trainer.grpo.adapters import ResizedInitialStates, load_models
     from offline_trainer.grpo.config import GRPOConfig
@@ -91,7 +111,18 @@ def imagined(args, policy: Path, wm: Path, rm: Path, store: Path, out: Path) -> 
     pol, imag, rew = load_models(str(policy), str(wm), str(rm))
     states = ResizedInitialStates(StoreInitialStates(EpisodeStore(store)), imag.image_size)
     trainer = GRPOTrainer(config, pol, imag, rew, states, out, log=None)
+    # Time the three models inside the rollout (the trainer froze them already).
+    clock: dict[str, float] = {}
+    trainer.reward = Timed(rew, "detect_success", clock, "reward_s")
+    real_start = imag.start
+
+    def start(frames):
+        return Timed(real_start(frames), "step", clock, "world_model_s")
+
+    imag.start = start
+    trainer.policy = Timed(pol, "sample_chunk", clock, "policy_sample_s")
     rows = [trainer.step() for _ in range(args.iterations)]
+    trainer.policy = pol
     n = config.trajectories_per_step
     rollout_s = np.array([r["time/rollout_s"] for r in rows])
     update_s = np.array([r["time/update_s"] for r in rows])
@@ -105,6 +136,7 @@ def imagined(args, policy: Path, wm: Path, rm: Path, store: Path, out: Path) -> 
         "mean_chunks": float(chunks.mean()),
         "frames_per_s": float(n * chunks.mean() * k / rollout_s.mean()),
         "success_rate": float(np.mean([r["rollout/success_rate"] for r in rows])),
+        **{k: v / args.iterations for k, v in clock.items()},  # seconds per iteration
     }
 
 
@@ -179,6 +211,12 @@ def main() -> int:
         f"{im['trajectories_per_iteration'] / re['rollouts_per_s']:.1f} (rollouts only) |"
     )
     print(f"imagined / real rollouts per second: {ratio:.1f}x")
+    parts = ", ".join(
+        f"{k[:-2]} {im[k]:.1f} s"
+        for k in ("policy_sample_s", "world_model_s", "reward_s")
+        if k in im
+    )
+    print(f"imagined rollout time per iteration by model: {parts}")
     if args.json:
         Path(args.json).write_text(
             json.dumps({"imagined": im, "real": re, "ratio": ratio}, indent=2)
