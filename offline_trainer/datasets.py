@@ -71,7 +71,7 @@ def select_episodes(
     task: str | None = None,
     kinds: Sequence[str] = ("demonstration",),
     successful_rollouts: bool = False,
-    demonstrations_successful_only: bool = False,
+    drop_failed_demonstrations: bool = False,
     where: Callable[[EpisodeMeta], bool] | None = None,
 ) -> list[str]:
     """Episode ids to train on: demonstrations of a task, optionally successful rollouts."""
@@ -80,8 +80,8 @@ def select_episodes(
         if task is not None and meta.task != task:
             continue
         keep = meta.kind in kinds
-        if meta.kind == "demonstration" and demonstrations_successful_only:
-            keep = keep and bool(meta.success)
+        if meta.kind == "demonstration" and drop_failed_demonstrations and meta.success is False:
+            keep = False  # unlabelled (None) demonstrations stay: teleop is presumed good
         if successful_rollouts and meta.kind == "rollout" and meta.success:
             keep = True
         if keep and (where is None or where(meta)):

@@ -79,6 +79,8 @@ class TrainPolicyConfig:
     spread each target over many bins; smoothing shares evidence between them."""
     with_rollouts: bool = False
     """Also clone successful policy rollouts from the store."""
+    with_failed_demos: bool = False
+    """Also clone demonstrations labelled as failures (dropped by default)."""
     val_episodes: int = -1
     """Episodes held out for validation loss (-1: 5 % of them, 0 when fewer than 10)."""
     seed: int = 0
@@ -97,6 +99,9 @@ class TrainPolicyConfig:
     """Ignore (and replace) an existing training state instead of resuming."""
     progress: bool = True
     """Show a tqdm progress bar."""
+    max_minutes: float | None = None
+    """Wall-clock budget: stop early (schedule truncated) and write the checkpoint anyway.
+    Makes the step count, hence the result, depend on machine load: the manifest records it."""
     stop_at: int | None = None
     """Pause at this step: save the training state and return without a checkpoint
     (re-run without it to resume); used to split a long run into budgeted pieces."""
@@ -140,6 +145,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fresh", action="store_true", help="do not resume a training state")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
+        "--max-minutes", type=float, default=None, help="wall-clock budget (checkpoint written)"
+    )
+    parser.add_argument(
         "--stop-at",
         type=int,
         default=None,
@@ -172,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         progress=not args.no_progress,
         stop_at=args.stop_at,
+        max_minutes=args.max_minutes,
     )
     result = train_policy(cfg)
     if result["checkpoint"] is None:
@@ -332,6 +341,7 @@ def _identity(cfg: TrainPolicyConfig, train_ids: list[str]) -> dict:
         "name",
         "threads",
         "stop_at",
+        "max_minutes",
     ):
         d.pop(key)
     d["n_train_episodes"] = len(train_ids)
@@ -348,7 +358,12 @@ def train_policy(cfg: TrainPolicyConfig) -> dict:
             f"{out} already exists; pass --overwrite to replace it or choose another --out"
         )
     store = EpisodeStore(cfg.data)
-    ids = select_episodes(store, task=cfg.task, successful_rollouts=cfg.with_rollouts)
+    ids = select_episodes(
+        store,
+        task=cfg.task,
+        successful_rollouts=cfg.with_rollouts,
+        drop_failed_demonstrations=not cfg.with_failed_demos,
+    )
     if not ids:
         raise WmpoError(
             f"{cfg.data}: no demonstration episodes"
@@ -431,12 +446,18 @@ def train_policy(cfg: TrainPolicyConfig) -> dict:
                 )
             history.append(record)
             run_loss, run_acc, run_n = 0.0, 0.0, 0
+        out_of_time = cfg.max_minutes is not None and time.monotonic() - t0 > 60 * cfg.max_minutes
+        if out_of_time:
+            end = step
         if step % cfg.save_every == 0 or step == end:
             _save_state(state_dir, model, opt, step, rng, aug_gen, history, identity)
+        if out_of_time:
+            print(f"time budget of {cfg.max_minutes} min reached at step {step}/{cfg.steps}")
+            break
     if bar is not None:
         bar.close()
     elapsed = time.monotonic() - t0
-    if step < cfg.steps:
+    if step < cfg.steps and cfg.max_minutes is None:
         return {"checkpoint": None, "curve": None, "metrics": {}, "history": history, "step": step}
 
     last = history[-1] if history else {}
@@ -451,6 +472,7 @@ def train_policy(cfg: TrainPolicyConfig) -> dict:
         "n_train_windows": len(train_data),
         "train_seconds": elapsed,
         "samples_per_s": (step - start_step) * cfg.batch_size / max(elapsed, 1e-9),
+        "stopped_by_time_budget": step < cfg.steps,
         "seed": cfg.seed,
     }
     if val_records:

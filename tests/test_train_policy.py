@@ -45,6 +45,11 @@ def make_toy_store(root: Path, n_eps: int = 6, length: int = 24, size: int = 32)
             actions,
         )
     store.add(
+        EpisodeMeta(id="fail000", task="Lift", instruction="lift the red cube", success=False),
+        frames[::-1],
+        -actions,
+    )
+    store.add(
         EpisodeMeta(id="roll000", task="Lift", instruction="lift the red cube", kind="rollout"),
         frames,
         actions,
@@ -87,7 +92,9 @@ def test_world_model_windows_repeat_the_first_frame_as_context(toy_store):
 
 def test_episode_selection(toy_store):
     demos = select_episodes(toy_store, task="Lift")
-    assert "roll000" not in demos and len(demos) == 6
+    assert "roll000" not in demos and len(demos) == 7 and "fail000" in demos
+    good = select_episodes(toy_store, task="Lift", drop_failed_demonstrations=True)
+    assert len(good) == 6 and "fail000" not in good
     assert select_episodes(toy_store, task="Stack") == []
     assert "roll000" not in select_episodes(toy_store, task="Lift", successful_rollouts=True)
 
@@ -185,3 +192,42 @@ def test_cli_trains_and_refuses_to_overwrite(toy_store, tmp_path):
         timeout=120,
     )
     assert missing.returncode == 1 and "not an episode store" in missing.stderr
+
+
+LIFT_POLICY = REPO / "assets" / "policies" / "Lift"
+
+
+@pytest.mark.sim
+def test_committed_lift_policy_beats_random_on_unseen_seeds():
+    """The committed base Lift policy lifts the cube on held-out seeds; random actions never do."""
+    from offline_trainer.eval_policy import EVAL_SEED_START, evaluate_policy
+    from wmpo_core.runtime.policies import RandomPolicy
+
+    policy = load_policy_checkpoint(LIFT_POLICY)
+    manifest = json.loads((LIFT_POLICY / "manifest.json").read_text())
+    train_seeds = manifest["data"]["seeds"]
+    assert len(train_seeds) == manifest["data"]["n_episodes"]
+    assert max(train_seeds) < EVAL_SEED_START  # evaluation states were never demonstrated
+    seed_start = EVAL_SEED_START + 500  # not even the seeds the docs' figures used
+    torch.set_num_threads(1)
+    learned, _ = evaluate_policy(
+        policy,
+        "Lift",
+        4,
+        seed_start=seed_start,
+        image_size=policy.image_size,
+        horizon=100,
+        progress=False,
+    )
+    random, _ = evaluate_policy(
+        RandomPolicy(scale=1.0, seed=0),
+        "Lift",
+        2,
+        seed_start=seed_start,
+        image_size=64,
+        horizon=100,
+        progress=False,
+    )
+    assert learned.successes >= 3, learned.summary()
+    assert random.successes == 0
+    assert np.mean([e.length for e in learned.episodes if e.success]) < 100

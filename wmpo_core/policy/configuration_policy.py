@@ -45,14 +45,20 @@ class PolicyConfig:
     # -- instruction ---------------------------------------------------------------
     instruction_vocab: int = 1024
     """Hash buckets for instruction words (tiny; base uses the LM's vocab size if smaller)."""
-    max_instruction_tokens: int = 16
-    """Instruction words kept (longer instructions are truncated)."""
+    max_instruction_tokens: int = 10
+    """Instruction words kept (longer instructions are truncated; the task instructions have 4-8)."""
 
     # -- tiny preset -------------------------------------------------------------------
     vision_channels: tuple[int, ...] = (32, 64, 96)
     """Channels of the stride-2 conv stages of the tiny vision encoder."""
-    vision_grid: int = 8
+    vision_grid: int = 4
     """The conv feature map is pooled to grid x grid vision tokens."""
+    keypoints: int = 32
+    """Spatial-softmax keypoints over the last conv map (robomimic-style): each is an
+    expected (x, y) image position, precise to sub-pixels where pooled tokens are coarse;
+    they enter as `keypoint_tokens` extra tokens. 0 turns them off."""
+    keypoint_tokens: int = 2
+    """Tokens the keypoint coordinates are projected to."""
     d_model: int = 128
     """Transformer width (tiny)."""
     n_layers: int = 3
@@ -89,6 +95,11 @@ class PolicyConfig:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}")
         if not self.cameras:
             raise ValueError("cameras must name at least one observation image key")
+        if self.keypoints < 0 or (self.keypoints and self.keypoint_tokens < 1):
+            raise ValueError(
+                f"keypoints must be >= 0 with keypoint_tokens >= 1, got {self.keypoints}, "
+                f"{self.keypoint_tokens}"
+            )
         if self.proprio_dim < 0:
             raise ValueError(f"proprio_dim must be >= 0, got {self.proprio_dim}")
         if self.d_model % self.n_heads:

@@ -93,7 +93,12 @@ def sample_tokens(
 
 
 class TinyVisionEncoder(nn.Module):
-    """Stride-2 conv stages -> grid x grid tokens of width d_model (+ learned positions)."""
+    """Stride-2 conv stages -> grid x grid pooled tokens + spatial-softmax keypoint tokens.
+
+    Pooled tokens say *what* is where at a coarse grid; the keypoints (robomimic's
+    spatial softmax) give expected image coordinates of learned features, which is
+    what lining a gripper up with a 3-pixel cube at 64 px needs.
+    """
 
     def __init__(self, config: PolicyConfig):
         super().__init__()
@@ -105,13 +110,32 @@ class TinyVisionEncoder(nn.Module):
         self.convs = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(config.vision_grid)
         self.proj = nn.Linear(c_in, config.d_model)
-        n_tokens = config.vision_grid**2 * len(config.cameras)
+        n_cams = len(config.cameras)
+        self.n_kp_tokens = config.keypoint_tokens if config.keypoints else 0
+        if config.keypoints:
+            self.kp_logits = nn.Conv2d(c_in, config.keypoints, 1)
+            self.kp_proj = nn.Linear(2 * config.keypoints, config.d_model * self.n_kp_tokens)
+        n_tokens = (config.vision_grid**2 + self.n_kp_tokens) * n_cams
         self.pos = nn.Parameter(torch.randn(n_tokens, config.d_model) * 0.02)
+
+    def _keypoints(self, feats: torch.Tensor) -> torch.Tensor:
+        """Spatial softmax: [B, C, h, w] -> expected (x, y) in [-1, 1] per keypoint, [B, 2C]."""
+        logits = self.kp_logits(feats)
+        b, k, h, w = logits.shape
+        attn = torch.softmax(logits.flatten(2), dim=-1).reshape(b, k, h, w)
+        ys = torch.linspace(-1, 1, h, device=feats.device)
+        xs = torch.linspace(-1, 1, w, device=feats.device)
+        x = (attn.sum(dim=2) * xs).sum(dim=-1)
+        y = (attn.sum(dim=3) * ys).sum(dim=-1)
+        return torch.cat([x, y], dim=1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         b, n, c, h, w = images.shape
-        feats = self.pool(self.convs(images.reshape(b * n, c, h, w)))  # [B*N, C, g, g]
-        tokens = self.proj(feats.flatten(2).transpose(1, 2))  # [B*N, g*g, d]
+        feats = self.convs(images.reshape(b * n, c, h, w))
+        tokens = self.proj(self.pool(feats).flatten(2).transpose(1, 2))  # [B*N, g*g, d]
+        if self.n_kp_tokens:
+            kp = self.kp_proj(self._keypoints(feats)).reshape(b * n, self.n_kp_tokens, -1)
+            tokens = torch.cat([tokens, kp], dim=1)
         return tokens.reshape(b, -1, tokens.shape[-1]) + self.pos
 
 
