@@ -219,11 +219,26 @@ class StackExpert(ScriptedExpert):
     task = "Stack"
     final_phase = "retreat"
 
+    @staticmethod
+    def _grasp_yaw(state: dict) -> float:
+        """Of the cube's two grip directions, the one whose fingers do not land on cubeB:
+        open fingers reach 4 cm either side, and the cubes can start that close."""
+        a, b = state["objects"]["cubeA"], state["objects"]["cubeB"]
+        eef_yaw = _yaw_of(state["eef_quat"])
+        base = eef_yaw + _wrap(_yaw_of(a["quat"]) - eef_yaw, np.pi / 2)
+        ab = np.subtract(b["pos"], a["pos"])[:2]
+        ab = ab / max(np.linalg.norm(ab), 1e-6)
+
+        def score(yaw: float) -> float:  # finger axis along A->B is bad; big turns mildly so
+            along = abs(np.cos(yaw) * ab[0] + np.sin(yaw) * ab[1])
+            return along + 0.1 * abs(yaw - eef_yaw)
+
+        return min((base, base + np.pi / 2, base - np.pi / 2), key=score)
+
     def _plan(self, state: dict) -> np.ndarray:
         a, b = state["objects"]["cubeA"], state["objects"]["cubeB"]
         if self.yaw is None:
-            eef_yaw = _yaw_of(state["eef_quat"])
-            self.yaw = eef_yaw + _wrap(_yaw_of(a["quat"]) - eef_yaw, np.pi / 2)
+            self.yaw = self._grasp_yaw(state)
         action = self._pick(state, a["pos"], self.yaw)
         if action is not None:
             return action
@@ -318,7 +333,9 @@ class SquareExpert(ScriptedExpert):
                 self._goto("carry")
             # Turn only once clear of the table, so the nut does not scrape it.
             yaw = carry_yaw if eef[2] > table + 0.08 else self.yaw
-            return self._action(np.r_[eef[:2], carry_z], yaw, CLOSED, state)
+            # Hold the grasp's xy while turning: a moving target lets the wrist turn drag
+            # the arm back toward its base (seen as 20 cm drift and then a stuck carry).
+            return self._action(np.r_[self.memory["grasp_xy"], carry_z], yaw, CLOSED, state)
         xy_err = float(np.linalg.norm((pn - peg)[:2]))
         if self.phase == "carry":
             self.memory["lift_steps"] = self.memory.get("lift_steps", 0) + 1
