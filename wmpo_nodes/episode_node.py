@@ -125,7 +125,7 @@ class EpisodeNode(Node):
 
     def _reset_sim(self) -> str:
         timeout = self.get_parameter("sim_reset_timeout_s").value
-        if not self._sim_reset.wait_for_service(timeout_sec=min(timeout, 5.0)):
+        if not self._sim_reset.wait_for_service(timeout_sec=timeout):
             raise EpisodeError(f"{SIM_RESET_SERVICE}: sim reset service not available")
         done = threading.Event()
         future = self._sim_reset.call_async(Trigger.Request())

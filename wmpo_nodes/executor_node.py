@@ -62,10 +62,15 @@ from wmpo_nodes.runtime_msgs import (
     msg_to_chunk,
     s_to_duration,
     s_to_stamp,
+    stamp_to_s,
 )
 
 INTERFACES = ("twist", "joint_trajectory", "moveit_py")
 POSE_SOURCES = ("sim_state", "pose_topic", "none")
+# 'timer': a wall-clock timer at control_rate_hz (real arms). 'joint_states': one tick per
+# /joint_states message, i.e. per step of an arm that may run slower than real time (the
+# embedded sim on a loaded CPU): every action reaches the arm, none is overwritten unseen.
+TICK_SOURCES = ("timer", "joint_states")
 
 
 def _ro(description: str) -> ParameterDescriptor:
@@ -97,6 +102,7 @@ class ExecutorNode(Node):
         d("ee_pose_topic", "/ee_pose", _ro("geometry_msgs/PoseStamped (pose_topic source)"))
         d("ee_pose_timeout_s", 0.5, _ro("an EE pose older than this counts as unknown"))
         d("require_episode", True, _ro("hold unless an episode is running"))
+        d("tick_source", "timer", _ro(f"one of {TICK_SOURCES}: what paces the control loop"))
         d("twist_topic", TWIST_COMMAND_TOPIC, _ro("TwistStamped command topic"))
         d("gripper_topic", GRIPPER_COMMAND_TOPIC, _ro("Float64 gripper command topic"))
         d("joint_trajectory_topic", JOINT_TRAJECTORY_TOPIC, _ro("JointTrajectory command topic"))
@@ -107,6 +113,8 @@ class ExecutorNode(Node):
             raise WmpoError(
                 f"command_interface must be one of {INTERFACES}, got {p['command_interface']}"
             )
+        if p["tick_source"] not in TICK_SOURCES:
+            raise WmpoError(f"tick_source must be one of {TICK_SOURCES}, got {p['tick_source']}")
         if p["ee_pose_source"] not in POSE_SOURCES:
             raise WmpoError(
                 f"ee_pose_source must be one of {POSE_SOURCES}, got {p['ee_pose_source']}"
@@ -141,6 +149,8 @@ class ExecutorNode(Node):
         self._obs_to_cmd = RollingStats()
         self._boundary_step = RollingStats()
         self._last_tick = None
+        self._last_now = -math.inf
+        self._joint_stamp: float | None = None
         self._last_cmd: np.ndarray | None = None
         self._last_chunk_id = -1
         self._chunks_in = 0
@@ -163,7 +173,8 @@ class ExecutorNode(Node):
         elif p["ee_pose_source"] == "pose_topic":
             self.create_subscription(PoseStamped, p["ee_pose_topic"], self._on_pose, 10)
         self.create_service(Trigger, ESTOP_RESET_SERVICE, self._on_estop_reset)
-        self.create_timer(self.dt, self._tick)
+        if p["tick_source"] == "timer":
+            self.create_timer(self.dt, self._tick)
         self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(
             f"executing '{p['chunk_strategy']}' chunks at {p['control_rate_hz']} Hz "
@@ -174,12 +185,17 @@ class ExecutorNode(Node):
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
+    def _monotonic(self, t: float) -> float:
+        """Time never runs backwards for the scheduler, whatever the clock sources do."""
+        self._last_now = max(t, self._last_now)
+        return self._last_now
+
     def _warn(self, key: str, text: str) -> None:
         if self._throttle.allow(key, time.monotonic()):
             self.get_logger().error(text)
 
     def _on_chunk(self, msg: JointTrajectory) -> None:
-        now = self._now()
+        now = self._monotonic(self._now())
         if self._request_out:
             self._request_latency.add(now - self._request_time)
             self._request_out = False
@@ -209,7 +225,11 @@ class ExecutorNode(Node):
             # Halt now, not at the next tick: drop the queue and send a hold immediately.
             self.safety.estop()
             self.scheduler.clear()
-            self._send(self.safety.filter(None, now=self._now()))
+            if self._p["tick_source"] == "timer":
+                # Don't wait for the next tick. (Ticked by the arm's steps, the next step is
+                # the next period; an extra command there would step a lockstep sim twice.)
+                now = self._monotonic(self._now())
+                self._send(self.safety.filter(None, now=now), now)
             self.get_logger().warning("e-stop: halted; call /wmpo/estop_reset after releasing it")
 
     def _on_estop_reset(self, request, response):
@@ -237,7 +257,11 @@ class ExecutorNode(Node):
         if self._p["require_episode"]:
             if event.event == "start":
                 self._episode_running = True
-            elif event.event in ("stop", "reset") or (event.event == "label"):
+                if self._p["tick_source"] == "joint_states" and self._joint_stamp is not None:
+                    # Restart the loop: the arm's reset step came before this event, and a
+                    # lockstep sim waits for a command before it steps again.
+                    self._tick(self._joint_stamp)
+            elif event.event in ("stop", "reset", "label"):
                 self._episode_running = False
 
     def _on_joints(self, msg: JointState) -> None:
@@ -246,6 +270,12 @@ class ExecutorNode(Node):
             names = self._p["joint_names"]
             if all(n in by_name for n in names):
                 self.safety.set_measured(np.array([by_name[n] for n in names]))
+        self._joint_stamp = stamp_to_s(msg.header.stamp)
+        if self._p["tick_source"] == "joint_states" and self._episode_running:
+            # The arm's own step time paces the loop (sim time for a lockstep sim). Between
+            # episodes nothing is sent: a lockstep sim then stops stepping (and answers its
+            # reset service at once), a wall-clock arm holds on its own command timeout.
+            self._tick(self._joint_stamp)
 
     def _on_sim_state(self, msg: String) -> None:
         try:
@@ -261,8 +291,8 @@ class ExecutorNode(Node):
         self._ee_pos, self._ee_stamp = np.array([p.x, p.y, p.z]), self._now()
 
     # --- the control loop ------------------------------------------------------
-    def _tick(self) -> None:
-        now = self._now()
+    def _tick(self, stamp: float | None = None) -> None:
+        now = self._monotonic(self._now() if stamp is None else stamp)
         wall = time.monotonic()
         if self._last_tick is not None:
             self._period.add(wall - self._last_tick)
@@ -277,7 +307,7 @@ class ExecutorNode(Node):
             action_stamp=None if scheduled is None else scheduled.obs_stamp,
             ee_pos=ee_pos,
         )
-        self._send(cmd)
+        self._send(cmd, now)
         if scheduled is not None and cmd is not None and not cmd.hold:
             if scheduled.chunk_id != self._last_chunk_id:
                 self._obs_to_cmd.add(now - scheduled.obs_stamp)
@@ -305,22 +335,24 @@ class ExecutorNode(Node):
             self._request_pub.publish(header)
             self._request_out, self._request_time = True, now
 
-    def _send(self, cmd: SafeCommand | None) -> None:
+    def _send(self, cmd: SafeCommand | None, now: float) -> None:
         if cmd is None:
             return  # joint arm with no measured position yet: nothing safe to send
         iface = self._p["command_interface"]
         if iface == "twist":
             linear, angular, gripper = ee_action_to_twist(cmd.command, 1.0 / self.dt)
             msg = TwistStamped()
-            msg.header.stamp = self.get_clock().now().to_msg()
+            msg.header.stamp = s_to_stamp(now)
             msg.header.frame_id = BASE_FRAME
             (msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z) = map(float, linear)
             (msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z) = map(float, angular)
-            self._twist_pub.publish(msg)
+            # Gripper first: an arm that steps on each twist (the lockstep sim) then applies
+            # this period's gripper command with this period's motion, not the previous one.
             self._grip_pub.publish(Float64(data=gripper))
+            self._twist_pub.publish(msg)
         elif iface == "joint_trajectory":
             msg = JointTrajectory(joint_names=list(self._p["joint_names"]))
-            msg.header.stamp = self.get_clock().now().to_msg()
+            msg.header.stamp = s_to_stamp(now)
             point = JointTrajectoryPoint(positions=[float(v) for v in cmd.command])
             point.time_from_start = s_to_duration(self.dt)
             msg.points.append(point)

@@ -156,6 +156,7 @@ class PolicyNode(LifecycleNode):
         self._episode_start = -1.0
         self._last_used_stamp = -1.0
         self._reset_policy = False
+        self._pending_request = False
         self._throttle = Throttle(2.0)
         self._latency = RollingStats()
         self._obs_to_publish = RollingStats()
@@ -206,6 +207,7 @@ class PolicyNode(LifecycleNode):
         self._image_size = self.get_parameter("image_size").value
         self._resize = self.get_parameter("resize_images").value
         self._dt = self.get_parameter("action_period_s").value
+        self._use_privileged = self.get_parameter("use_privileged_state").value
         self._chunk_pub = self.create_publisher(JointTrajectory, ACTION_CHUNK_TOPIC, 10)
         self._version_pub = self.create_publisher(String, POLICY_VERSION_TOPIC, LATCHED)
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
@@ -302,7 +304,7 @@ class PolicyNode(LifecycleNode):
             rgb = resize_rgb(rgb, size)
         with self._lock:
             self._images[camera_name(topic)] = (rgb, stamp_to_s(msg.header.stamp))
-        if self._continuous:
+        if self._continuous or self._pending_request:
             self._wake.set()
 
     def _on_joints(self, msg: JointState) -> None:
@@ -338,18 +340,21 @@ class PolicyNode(LifecycleNode):
                 self._reset_policy = True
 
     def _on_request(self, msg: Header) -> None:
+        # Stays pending until served: a request that finds no usable observation is retried
+        # on the next frame instead of being lost.
+        self._pending_request = True
         self._wake.set()
 
     # --- inference -------------------------------------------------------------
     def _work(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(timeout=0.2)
-            if self._stop.is_set():
-                return
+            if not self._wake.wait(timeout=0.2) or self._stop.is_set():
+                continue
             self._wake.clear()
             obs = self._take_observation()
             if obs is None:
                 continue
+            self._pending_request = False
             try:
                 self._infer(obs)
             except WmpoError as exc:
@@ -370,9 +375,12 @@ class PolicyNode(LifecycleNode):
                 return None
             if self._continuous and stamp <= self._last_used_stamp:
                 return None
+            if self._use_privileged and not self._privileged:
+                return None  # the sim's state for this episode has not arrived yet
             age = self._now() - stamp
             if age > max_age:
                 topic = next(iter(self.get_parameter("camera_topics").value))
+                self._images.clear()  # refuse each stale frame once
                 self._refuse(
                     "stale",
                     topic,
