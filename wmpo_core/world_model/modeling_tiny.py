@@ -166,7 +166,8 @@ class TinyWorldModel(nn.Module):
             grad = _grad_l1(pred, target)
             return l1 + grad, {"l1": l1.item(), "grad": grad.item()}
         x0 = target - last
-        t = sample_logit_normal(x0.shape[0], x0.device, 0.0, 1.0)
+        cfg = self.config
+        t = sample_logit_normal(x0.shape[0], x0.device, cfg.logit_normal_mean, cfg.logit_normal_std)
         noise = torch.randn_like(x0)
         tt = t[:, None, None, None, None]
         x_t = (1 - tt) * x0 + tt * noise
