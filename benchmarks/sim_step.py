@@ -29,28 +29,39 @@ sys.path.insert(0, str(REPO))
 SIZES = (64, 128, 224)
 
 
-def bench_steps(steps: int) -> list[dict]:
+def bench_steps(steps: int, rounds: int = 5) -> list[dict]:
+    """Median steps/s per config over `rounds` interleaved blocks: all configs are timed in
+    turn, so a load change on the shared machine hits each of them alike."""
     from wmpo_core.sim.arm import SimArm, SimConfig
 
-    rows = []
     rng = np.random.default_rng(0)
-    configs = [("state-only", SimConfig(render=False))]
+    configs = {"state-only": SimConfig(render=False)}
     for size in SIZES:
-        configs.append(
-            (f"camera {size}px, MSAA on (robosuite default)", SimConfig(image_size=size, msaa=True))
+        configs[f"camera {size}px, MSAA on (robosuite default)"] = SimConfig(
+            image_size=size, msaa=True
         )
-        configs.append((f"camera {size}px, MSAA off", SimConfig(image_size=size)))
-    for name, cfg in configs:
-        with SimArm(cfg) as arm:
+        configs[f"camera {size}px, MSAA off"] = SimConfig(image_size=size)
+    arms = {name: SimArm(cfg) for name, cfg in configs.items()}
+    rates: dict[str, list[float]] = {name: [] for name in arms}
+    try:
+        for arm in arms.values():
             arm.reset(0)
-            for _ in range(5):  # warm-up (first frames allocate buffers)
+            for _ in range(3):  # warm-up (first frames allocate buffers)
                 arm.step(rng.uniform(-0.3, 0.3, 7))
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                arm.step(rng.uniform(-0.3, 0.3, 7))
-            rate = steps / (time.perf_counter() - t0)
-        rows.append({"config": name, "steps_per_s": rate})
-        print(f"  {name:45s} {rate:7.1f} steps/s", flush=True)
+        block = max(1, steps // rounds)
+        for _ in range(rounds):
+            for name, arm in arms.items():
+                t0 = time.perf_counter()
+                for _ in range(block):
+                    arm.step(rng.uniform(-0.3, 0.3, 7))
+                rates[name].append(block / (time.perf_counter() - t0))
+    finally:
+        for arm in arms.values():
+            arm.close()
+    rows = []
+    for name, r in rates.items():
+        rows.append({"config": name, "steps_per_s": float(np.median(r)), "rounds": r})
+        print(f"  {name:45s} {np.median(r):7.1f} steps/s (median of {len(r)})", flush=True)
     return rows
 
 
@@ -212,20 +223,7 @@ def bench_experts(seeds: int, noises: tuple[float, ...]) -> list[dict]:
     return rows
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100, help="steps per speed measurement")
-    parser.add_argument("--pings", type=int, default=200, help="round trips per image size")
-    parser.add_argument("--seeds", type=int, default=20, help="expert episodes per task and noise")
-    parser.add_argument("--skip-experts", action="store_true")
-    parser.add_argument("--json", default=None, help="also write the results here")
-    parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.echo:
-        echo_server()
-        return 0
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    results: dict = {"date": time.strftime("%Y-%m-%d"), "cpu_count": os.cpu_count()}
+def bench_speed(args: argparse.Namespace, results: dict) -> None:
     print("SimArm steps/s (Lift, Panda OSC_POSE, random actions):")
     results["steps"] = bench_steps(args.steps)
     base = {r["config"]: r["steps_per_s"] for r in results["steps"]}
@@ -239,6 +237,25 @@ def main() -> int:
     results["reset"] = bench_reset()
     print("DDS image round trip (loopback, sensor-data QoS, echo in a second process):")
     results["dds"] = bench_dds(args.pings)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=150, help="steps per speed measurement")
+    parser.add_argument("--pings", type=int, default=200, help="round trips per image size")
+    parser.add_argument("--seeds", type=int, default=20, help="expert episodes per task and noise")
+    parser.add_argument("--skip-experts", action="store_true")
+    parser.add_argument("--only-experts", action="store_true")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.echo:
+        echo_server()
+        return 0
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    results: dict = {"date": time.strftime("%Y-%m-%d"), "cpu_count": os.cpu_count()}
+    if not args.only_experts:
+        bench_speed(args, results)
     if not args.skip_experts:
         print(f"Scripted experts over {args.seeds} seeds (state-only):")
         results["experts"] = bench_experts(args.seeds, (0.0, 0.1))

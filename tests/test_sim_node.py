@@ -1,7 +1,8 @@
 """sim_node over real loopback DDS with the real robosuite arm.
 
-One node per clock mode (module fixtures): starting the sim costs seconds, so each
-test checks a behaviour a user would notice on the shared node.
+One node per clock mode (class / module fixtures): starting the sim costs seconds,
+so each test checks a behaviour a user would notice on the shared node. The wall
+node stops before the lockstep test starts, so they do not compete for the CPU.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def _start(tmp_path_factory, name: str, params: list[str]) -> NodeProcess:
     return NodeProcess("wmpo_sim_node", args, log=log).start()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def wall_node(tmp_path_factory):
     proc = _start(
         tmp_path_factory, "wall", ["clock_mode:=wall", "seed:=1", "command_timeout_s:=0.5"]
@@ -145,62 +146,63 @@ def _connect(client: Client, proc: NodeProcess) -> None:
     assert ok, f"no connection to sim_node:\n{proc.output()[-3000:]}"
 
 
-def test_publishes_configured_image_and_joint_states(wall_node, client):
-    _connect(client, wall_node)
-    assert client.wait(lambda: len(client.images) >= 3 and len(client.joints) >= 3, 20)
-    img = client.images[-1]
-    assert (img.height, img.width, img.encoding) == (IMAGE_SIZE, IMAGE_SIZE, "rgb8")
-    assert img.header.frame_id == "camera"
-    pixels = np.frombuffer(bytes(img.data), np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE, 3)
-    assert pixels.std() > 10, "camera frame is blank"
-    js = client.joints[-1]
-    assert len(js.name) == len(js.position) == 9
-    assert js.name[0] == "panda_joint1" and js.name[-1] == "panda_finger_joint2"
-    assert all(math.isfinite(v) for v in js.position)
+class TestWallClock:
+    """A timer-driven node (clock_mode 'wall'), as on a real arm."""
 
+    def test_publishes_configured_image_and_joint_states(self, wall_node, client):
+        _connect(client, wall_node)
+        assert client.wait(lambda: len(client.images) >= 3 and len(client.joints) >= 3, 20)
+        img = client.images[-1]
+        assert (img.height, img.width, img.encoding) == (IMAGE_SIZE, IMAGE_SIZE, "rgb8")
+        assert img.header.frame_id == "camera"
+        pixels = np.frombuffer(bytes(img.data), np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE, 3)
+        assert pixels.std() > 10, "camera frame is blank"
+        js = client.joints[-1]
+        assert len(js.name) == len(js.position) == 9
+        assert js.name[0] == "panda_joint1" and js.name[-1] == "panda_finger_joint2"
+        assert all(math.isfinite(v) for v in js.position)
 
-def test_gripper_closes_on_command_and_valid_twist_moves(wall_node, client):
-    _connect(client, wall_node)
-    client.wait(lambda: bool(client.joints), 10)
-    open_width = client.joints[-1].position[7]
-    client.gripper(1.0)
-    assert client.wait(lambda: client.joints[-1].position[7] < open_width - 0.01, 15), (
-        f"fingers did not close: {open_width} -> {client.joints[-1].position[7]}"
+    def test_gripper_closes_on_command_and_valid_twist_moves(self, wall_node, client):
+        _connect(client, wall_node)
+        client.wait(lambda: bool(client.joints), 10)
+        open_width = client.joints[-1].position[7]
+        client.gripper(1.0)
+        assert client.wait(lambda: client.joints[-1].position[7] < open_width - 0.01, 15), (
+            f"fingers did not close: {open_width} -> {client.joints[-1].position[7]}"
+        )
+        # Positive control for the rejection test: a good twist does move the arm.
+        start = client.eef()
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            client.twist(linear=(0.0, 0.0, 0.2))
+            client.spin(0.05)
+        client.spin(0.3)
+        assert client.eef()[2] - start[2] > 0.015, f"eef did not rise: {start} -> {client.eef()}"
+
+    @pytest.mark.parametrize(
+        "bad, reason",
+        [
+            ({"linear": (float("nan"), 0.0, 0.5)}, "non_finite"),
+            ({"linear": (0.0, 0.0, 0.5), "frame": "tool0"}, "wrong_frame"),
+            ({"linear": (0.0, 0.0, 0.5), "stamp_s": 1.0}, "stale"),
+        ],
     )
-    # Positive control for the rejection test: a good twist does move the arm.
-    start = client.eef()
-    deadline = time.monotonic() + 1.0
-    while time.monotonic() < deadline:
-        client.twist(linear=(0.0, 0.0, 0.2))
-        client.spin(0.05)
-    client.spin(0.3)
-    assert client.eef()[2] - start[2] > 0.015, f"eef did not rise: {start} -> {client.eef()}"
-
-
-@pytest.mark.parametrize(
-    "bad, reason",
-    [
-        ({"linear": (float("nan"), 0.0, 0.5)}, "non_finite"),
-        ({"linear": (0.0, 0.0, 0.5), "frame": "tool0"}, "wrong_frame"),
-        ({"linear": (0.0, 0.0, 0.5), "stamp_s": 1.0}, "stale"),
-    ],
-)
-def test_bad_twist_is_refused_logged_and_arm_holds(wall_node, client, bad, reason):
-    _connect(client, wall_node)
-    client.spin(1.0)  # let any previous motion settle (a fresh twist lives 0.5 s)
-    start = client.eef()
-    deadline = time.monotonic() + 1.5
-    while time.monotonic() < deadline:
-        client.twist(**bad)
-        client.spin(0.05)
-    client.spin(0.2)
-    moved = np.abs(client.eef() - start).max()
-    assert moved < 0.002, f"arm moved {moved:.4f} m on a refused ({reason}) command"
-    lines = [
-        ln for ln in wall_node.output().splitlines() if "refused command" in ln and reason in ln
-    ]
-    assert lines, f"no logged refusal for {reason}:\n{wall_node.output()[-2000:]}"
-    assert len(lines) <= 2, f"refusal log not throttled ({len(lines)} lines in 1.5 s)"
+    def test_bad_twist_is_refused_logged_and_arm_holds(self, wall_node, client, bad, reason):
+        _connect(client, wall_node)
+        client.spin(1.0)  # let any previous motion settle (a fresh twist lives 0.5 s)
+        start = client.eef()
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            client.twist(**bad)
+            client.spin(0.05)
+        client.spin(0.2)
+        moved = np.abs(client.eef() - start).max()
+        assert moved < 0.002, f"arm moved {moved:.4f} m on a refused ({reason}) command"
+        lines = [
+            ln for ln in wall_node.output().splitlines() if "refused command" in ln and reason in ln
+        ]
+        assert lines, f"no logged refusal for {reason}:\n{wall_node.output()[-2000:]}"
+        assert len(lines) <= 2, f"refusal log not throttled ({len(lines)} lines in 1.5 s)"
 
 
 def _stamps(client: Client) -> list[float]:

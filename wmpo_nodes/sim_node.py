@@ -28,6 +28,7 @@ Start-up shows the `seed` scene without consuming it.
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import numpy as np
@@ -111,6 +112,7 @@ class SimNode(Node):
         self.gripper = -1.0  # open until commanded
         self.latest: tuple[np.ndarray, float] | None = None  # accepted twist action, stamp
         self.held_steps = 0
+        self._sim_lock = threading.Lock()  # the arm is stepped from the timer, twists, reset
 
         self.pub_image = self.create_publisher(Image, CAMERA_TOPIC, qos_profile_sensor_data)
         self.pub_joints = self.create_publisher(JointState, JOINT_STATES_TOPIC, 10)
@@ -118,7 +120,16 @@ class SimNode(Node):
         self.pub_state = self.create_publisher(String, SIM_STATE_TOPIC, 10)
         self.pub_diag = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         self.pub_clock = self.create_publisher(Clock, CLOCK_TOPIC, 10) if self.lockstep else None
-        self.create_subscription(TwistStamped, TWIST_COMMAND_TOPIC, self._on_twist, 10)
+        # Twists in their own group too: in 'wall' mode, when a step + render takes longer
+        # than the timer period (a loaded CPU), the always-ready timer starved them. One
+        # group (not reentrant) keeps lockstep twists in order; `_sim_lock` serializes the arm.
+        self.create_subscription(
+            TwistStamped,
+            TWIST_COMMAND_TOPIC,
+            self._on_twist,
+            10,
+            callback_group=MutuallyExclusiveCallbackGroup(),
+        )
         # Own callback group: with twists always pending (lockstep) the gripper callback would
         # otherwise never get the node's one mutually exclusive group (it only sets a float).
         self.create_subscription(
@@ -195,9 +206,10 @@ class SimNode(Node):
 
     # -- stepping and publishing ---------------------------------------------------
     def _step(self, action: np.ndarray) -> None:
-        obs = self.arm.step(action)
-        self.total_steps += 1
-        self._publish(obs)
+        with self._sim_lock:
+            obs = self.arm.step(action)
+            self.total_steps += 1
+            self._publish(obs)
 
     def _publish(self, obs: SimObservation) -> None:
         stamp = s_to_stamp(self._now()) if self.lockstep else self.get_clock().now().to_msg()
@@ -216,10 +228,11 @@ class SimNode(Node):
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response):
         seed = int(self.get_parameter("seed").value)
-        self.latest = None
-        if self.lockstep:
-            self.total_steps += 1  # a reset takes one period of sim time: every stamp is unique
-        self._publish(self.arm.reset(seed))
+        with self._sim_lock:
+            self.latest = None
+            if self.lockstep:
+                self.total_steps += 1  # a reset takes one period of sim time: unique stamps
+            self._publish(self.arm.reset(seed))
         self.set_parameters([Parameter("seed", value=seed + 1)])
         response.success = True
         response.message = f"reset {self.arm.config.task} with seed {seed}"
