@@ -328,3 +328,77 @@ def test_killed_policy_node_leaves_the_arm_holding_still(probe, sim_graph):
     recent = [v for t, v in probe.twists if t > still_since]
     assert recent and all(np.abs(v).max() == 0.0 for v in recent)
     assert sim_graph["executor"].alive() and sim_graph["sim"].alive()
+
+
+def test_policy_node_lifecycle_transitions_without_autostart(probe):
+    from lifecycle_msgs.msg import State, Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    versions: list[str] = []
+    probe.node.create_subscription(
+        String, "/wmpo/policy_version", lambda m: versions.append(m.data), LATCHED
+    )
+    ros_args = params("policy.yaml") + ["-p", "policy:=random", "-p", "autostart:=false"]
+    with NodeProcess("wmpo_policy_node", ros_args) as node:
+        get = probe.node.create_client(GetState, "/policy_node/get_state")
+        change = probe.node.create_client(ChangeState, "/policy_node/change_state")
+        assert get.wait_for_service(timeout_sec=20) and change.wait_for_service(timeout_sec=5)
+
+        def state() -> int:
+            future = get.call_async(GetState.Request())
+            assert probe.wait(future.done, 5)
+            return future.result().current_state.id
+
+        def transition(tid: int) -> bool:
+            future = change.call_async(ChangeState.Request(transition=Transition(id=tid)))
+            assert probe.wait(future.done, 10)
+            return future.result().success
+
+        assert state() == State.PRIMARY_STATE_UNCONFIGURED
+        probe.spin(0.5)
+        assert versions == []  # nothing is loaded before configure
+        assert transition(Transition.TRANSITION_CONFIGURE)
+        assert state() == State.PRIMARY_STATE_INACTIVE
+        assert probe.wait(lambda: versions == ["random-0.3"], 5)
+        assert transition(Transition.TRANSITION_ACTIVATE)
+        assert state() == State.PRIMARY_STATE_ACTIVE
+        # Active: a request with a fresh image and an instruction yields a chunk.
+        probe.instruction_pub.publish(String(data="lift"))
+        assert probe.wait(lambda: probe.image_pub.get_subscription_count() > 0, 10)
+        for _ in range(10):
+            probe.image_pub.publish(image_msg(probe.now()))
+            probe.request_pub.publish(Header())
+            if probe.wait(lambda: len(probe.chunks) > 0, 0.3):
+                break
+        assert probe.chunks, node.output()
+        assert transition(Transition.TRANSITION_DEACTIVATE)
+        assert state() == State.PRIMARY_STATE_INACTIVE
+        n = len(probe.chunks)
+        probe.image_pub.publish(image_msg(probe.now()))
+        probe.request_pub.publish(Header())
+        probe.spin(1.0)
+        assert len(probe.chunks) == n, "an inactive policy_node must not infer"
+        assert transition(Transition.TRANSITION_CLEANUP)
+        assert state() == State.PRIMARY_STATE_UNCONFIGURED
+
+
+def test_load_policy_specs_and_errors(tmp_path):
+    from wmpo_core.errors import WmpoError
+    from wmpo_core.policy_api import ChunkPolicy, Observation
+    from wmpo_core.runtime.policies import DelayedPolicy, load_policy
+
+    random = load_policy("random", chunk_size=4, seed=3)
+    assert isinstance(random, ChunkPolicy)
+    chunk = random.predict_chunk(Observation(images={}))
+    assert chunk.shape == (4, 7) and chunk.dtype == np.float32 and np.all(np.abs(chunk) <= 1)
+    random.reset()
+    np.testing.assert_array_equal(random.predict_chunk(Observation(images={})), chunk)
+    delayed = load_policy("random", delay_s=0.2)
+    assert isinstance(delayed, DelayedPolicy)
+    t0 = time.monotonic()
+    delayed.predict_chunk(Observation(images={}))
+    assert time.monotonic() - t0 >= 0.2
+    with pytest.raises(WmpoError, match="privileged"):
+        load_policy("scripted").predict_chunk(Observation(images={}))
+    with pytest.raises(WmpoError, match="not 'scripted', 'random' or an existing checkpoint"):
+        load_policy(str(tmp_path / "missing"))

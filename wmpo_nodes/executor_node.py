@@ -151,7 +151,7 @@ class ExecutorNode(Node):
         self._last_tick = None
         self._last_now = -math.inf
         self._joint_stamp: float | None = None
-        self._last_cmd: np.ndarray | None = None
+        self._last_scheduled: np.ndarray | None = None
         self._last_chunk_id = -1
         self._chunks_in = 0
         self._bad_chunks = 0
@@ -311,11 +311,16 @@ class ExecutorNode(Node):
         if scheduled is not None and cmd is not None and not cmd.hold:
             if scheduled.chunk_id != self._last_chunk_id:
                 self._obs_to_cmd.add(now - scheduled.obs_stamp)
-                if self._last_cmd is not None:
-                    self._boundary_step.add(float(np.max(np.abs(cmd.command - self._last_cmd))))
+                if self._last_scheduled is not None:
+                    # What the strategy asks for at the boundary, before the safety filter's
+                    # step limit; motion dims only (an EE gripper flips by design).
+                    a = scheduled.action
+                    n = len(a) - (1 if self._p["arm_type"] == "ee_delta" else 0)
+                    step = np.abs(a[:n] - self._last_scheduled[:n])
+                    self._boundary_step.add(float(np.max(step)))
                 self._last_chunk_id = scheduled.chunk_id
-        if cmd is not None:
-            self._last_cmd = cmd.command
+        if scheduled is not None:
+            self._last_scheduled = scheduled.action
         self._maybe_request(now)
 
     def _maybe_request(self, now: float) -> None:

@@ -125,6 +125,14 @@ class PolicyNode(LifecycleNode):
             ),
         )
         self.declare_parameter(
+            "require_images",
+            True,
+            ParameterDescriptor(
+                read_only=True,
+                description="false: act on the privileged state alone (state-only sim benchmarks)",
+            ),
+        )
+        self.declare_parameter(
             "require_instruction",
             True,
             ParameterDescriptor(
@@ -152,6 +160,8 @@ class PolicyNode(LifecycleNode):
         self._images: dict[str, tuple[np.ndarray, float]] = {}
         self._joints: np.ndarray | None = None
         self._privileged: dict = {}
+        self._privileged_stamp = 0.0
+        self._require_images = True
         self._instruction = ""
         self._episode_start = -1.0
         self._last_used_stamp = -1.0
@@ -208,9 +218,11 @@ class PolicyNode(LifecycleNode):
         self._resize = self.get_parameter("resize_images").value
         self._dt = self.get_parameter("action_period_s").value
         self._use_privileged = self.get_parameter("use_privileged_state").value
+        self._require_images = self.get_parameter("require_images").value
         self._chunk_pub = self.create_publisher(JointTrajectory, ACTION_CHUNK_TOPIC, 10)
         self._version_pub = self.create_publisher(String, POLICY_VERSION_TOPIC, LATCHED)
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+        self._pubs = [self._chunk_pub, self._version_pub, self._diag_pub]
         for topic in self.get_parameter("camera_topics").value:
             self._subs.append(
                 self.create_subscription(
@@ -269,7 +281,9 @@ class PolicyNode(LifecycleNode):
             self.destroy_subscription(s)
         for t in self._timers:
             self.destroy_timer(t)
-        self._subs, self._timers = [], []
+        for pub in self._pubs:
+            self.destroy_publisher(pub)
+        self._subs, self._timers, self._pubs = [], [], []
         self.policy = None
 
     # --- inputs --------------------------------------------------------------
@@ -319,6 +333,9 @@ class PolicyNode(LifecycleNode):
             return
         with self._lock:
             self._privileged = state
+            self._privileged_stamp = self._now()
+        if not self._require_images and (self._continuous or self._pending_request):
+            self._wake.set()
 
     def _on_instruction(self, msg: String) -> None:
         with self._lock:
@@ -368,9 +385,12 @@ class PolicyNode(LifecycleNode):
         with self._lock:
             if self.get_parameter("require_instruction").value and not self._instruction:
                 return None
-            if not self._images:
+            if self._images:
+                stamp = min(s for _, s in self._images.values())
+            elif not self._require_images and self._privileged:
+                stamp = self._privileged_stamp  # state-only sim (benchmarks): receive time
+            else:
                 return None
-            stamp = min(s for _, s in self._images.values())
             if stamp < self._episode_start:
                 return None
             if self._continuous and stamp <= self._last_used_stamp:

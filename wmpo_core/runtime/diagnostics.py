@@ -33,10 +33,11 @@ class RollingStats:
         return self._values[-1] if self._values else float("nan")
 
     def summary(self, prefix: str, scale: float = 1000.0, unit: str = "ms") -> dict[str, str]:
-        """{prefix_p50_ms: ..., prefix_p99_ms: ..., prefix_count: ...} as strings for KeyValue."""
+        """{prefix_p50_ms, prefix_p99_ms, prefix_max_ms, prefix_count} as strings for KeyValue."""
         return {
             f"{prefix}_p50_{unit}": f"{self.percentile(50) * scale:.2f}",
             f"{prefix}_p99_{unit}": f"{self.percentile(99) * scale:.2f}",
+            f"{prefix}_max_{unit}": f"{(max(self._values) if self._values else float('nan')) * scale:.2f}",
             f"{prefix}_count": str(self.total),
         }
 

@@ -3,6 +3,7 @@
 Spec strings (the node's `policy` parameter):
 - 'scripted'            the embedded sim's scripted expert (needs the privileged sim
                         state in Observation.privileged; evaluation / plumbing only)
+- 'scripted-markov'     a stateless Lift controller on the same privileged state
 - 'random'              uniform random actions (plumbing and safety tests)
 - a checkpoint path     handed to wmpo_core.policy.load_policy_checkpoint (the VLA)
 """
@@ -93,16 +94,89 @@ class ScriptedPolicy:
         return out
 
     def _predict(self, state: dict[str, Any], a: np.ndarray) -> dict[str, Any]:
-        state = dict(state)
-        if "eef_pos" in state:
-            step = a[:3] * OSC_MAX_TRANSLATION_M * self.gain
-            state["eef_pos"] = (np.asarray(state["eef_pos"], dtype=np.float64) + step).tolist()
-        if "eef_quat" in state:
-            from scipy.spatial.transform import Rotation  # comes with the sim (robosuite)
+        return predict_state(state, a, self.gain)
 
-            turn = Rotation.from_rotvec(a[3:6] * OSC_MAX_ROTATION_RAD * self.gain)
-            state["eef_quat"] = (turn * Rotation.from_quat(state["eef_quat"])).as_quat().tolist()
-        return state
+
+def predict_state(state: dict[str, Any], a: np.ndarray, gain: float) -> dict[str, Any]:
+    """The privileged state after action `a`, moving the end effector by gain x the command."""
+    state = dict(state)
+    if "eef_pos" in state:
+        step = a[:3] * OSC_MAX_TRANSLATION_M * gain
+        state["eef_pos"] = (np.asarray(state["eef_pos"], dtype=np.float64) + step).tolist()
+    if "eef_quat" in state:
+        from scipy.spatial.transform import Rotation  # comes with the sim (robosuite)
+
+        turn = Rotation.from_rotvec(a[3:6] * OSC_MAX_ROTATION_RAD * gain)
+        state["eef_quat"] = (turn * Rotation.from_quat(state["eef_quat"])).as_quat().tolist()
+    return state
+
+
+class MarkovLiftPolicy:
+    """A Lift controller whose action depends on the observed state only (no phase counters).
+
+    The sim's scripted expert counts steps per phase, so it assumes every action it planned
+    is executed; chunk strategies that drop or blend actions (latency_aware,
+    temporal_ensemble) desynchronize it. This one reads the phase off the state (fingers
+    closed on the cube, cube lifted, gripper above the cube), like a learned policy would,
+    so benchmarks compare strategies rather than the expert's bookkeeping.
+    """
+
+    def __init__(self, chunk_size: int = DEFAULT_CHUNK_SIZE, gain: float = 0.35):
+        self.action_names = EE_ACTION_NAMES
+        self.chunk_size = chunk_size
+        self.version = "scripted-markov-Lift"
+        self.gain = gain
+
+    def reset(self) -> None:
+        pass
+
+    def predict_chunk(self, obs: Observation) -> np.ndarray:
+        if not obs.privileged or "objects" not in obs.privileged:
+            raise WmpoError("scripted-markov policy: needs the privileged sim state (Lift)")
+        state = dict(obs.privileged)
+        out = np.zeros((self.chunk_size, EE_ACTION_DIM), dtype=np.float32)
+        for k in range(self.chunk_size):
+            out[k] = self.act(state)
+            state = predict_state(state, out[k].astype(np.float64), self.gain)
+        return out
+
+    @staticmethod
+    def act(state: dict[str, Any]) -> np.ndarray:
+        from scipy.spatial.transform import Rotation
+
+        eef = np.asarray(state["eef_pos"], dtype=np.float64)
+        cube = state["objects"]["cube"]
+        pos = np.asarray(cube["pos"], dtype=np.float64)
+        table = float(state["table_height"])
+        width = float(state["gripper_qpos"][0] - state["gripper_qpos"][1])
+
+        def yaw(q) -> float:
+            x = Rotation.from_quat(q).apply([1.0, 0.0, 0.0])
+            return float(np.arctan2(x[1], x[0]))
+
+        def wrap(angle: float, period: float) -> float:
+            return float((angle + period / 2) % period - period / 2)
+
+        eef_yaw = yaw(state["eef_quat"])
+        target_yaw = eef_yaw + wrap(yaw(cube["quat"]) - eef_yaw, np.pi / 2)  # cube: 90 deg sym.
+        down = Rotation.from_euler("z", target_yaw) * Rotation.from_euler("x", np.pi)
+        rot = (down * Rotation.from_quat(state["eef_quat"]).inv()).as_rotvec()
+        err = pos - eef
+        lifted = pos[2] > table + 0.04
+        holding = width < 0.06 and np.linalg.norm(err) < 0.03
+        if lifted or holding:
+            target, grip = np.r_[pos[:2], table + 0.2], 1.0
+        elif np.linalg.norm(err[:2]) < 0.01 and abs(err[2]) < 0.01:
+            target, grip = pos, 1.0  # at the cube: close
+        elif np.linalg.norm(err[:2]) < 0.012 and abs(wrap(eef_yaw - target_yaw, np.pi / 2)) < 0.1:
+            target, grip = pos, -1.0  # above it, aligned: descend
+        else:
+            target, grip = pos + [0.0, 0.0, 0.08], -1.0  # hover above it
+        a = np.empty(EE_ACTION_DIM)
+        a[:3] = np.clip((target - eef) / OSC_MAX_TRANSLATION_M, -1.0, 1.0)
+        a[3:6] = np.clip(rot / OSC_MAX_ROTATION_RAD, -1.0, 1.0)
+        a[6] = grip
+        return a
 
 
 class DelayedPolicy:
@@ -153,7 +227,9 @@ def load_policy(
     chunk_size 0 keeps each policy's own default; delay_s > 0 wraps it in DelayedPolicy.
     """
     spec = spec.strip()
-    if spec == "scripted":
+    if spec == "scripted-markov":
+        policy = MarkovLiftPolicy(chunk_size or DEFAULT_CHUNK_SIZE)
+    elif spec == "scripted":
         policy = ScriptedPolicy(task, chunk_size or DEFAULT_CHUNK_SIZE, noise=noise, seed=seed)
     elif spec == "random":
         policy = RandomPolicy(chunk_size or DEFAULT_CHUNK_SIZE, seed=seed)
