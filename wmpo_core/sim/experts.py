@@ -285,9 +285,9 @@ class SquareExpert(ScriptedExpert):
         nut = state["objects"]["nut"]
         d = np.asarray(state["handle"]) - np.asarray(nut["pos"])
         phi = float(np.arctan2(d[1], d[0])) % (2 * np.pi)
-        # Carry with the handle pointing back toward the robot (within 60 degrees of -x):
+        # Carry with the handle pointing back toward the robot (within 90 degrees of -x):
         # with it pointing away, the grip would have to reach 5 cm past the peg.
-        lo, hi = 2 * np.pi / 3, 4 * np.pi / 3
+        lo, hi = np.pi / 2, 3 * np.pi / 2
         self.memory["turn"] = float(np.clip(phi, lo, hi) - phi)
         eef_yaw = _yaw_of(state["eef_quat"])
         q7 = state["joint_positions"][6]
@@ -302,7 +302,13 @@ class SquareExpert(ScriptedExpert):
             at_grasp = q7 - _wrap(yaw - eef_yaw, 2 * np.pi)
             return max(abs(at_grasp), abs(at_grasp - self.memory["turn"]))
 
-        self.yaw = min(candidates, key=wrist_excursion)
+        # Prefer the smaller turn to the grasp: for big turns the OSC spreads the yaw over
+        # joints 5-7 and can park joint 6 on its limit (seen: a carry that never arrives).
+        feasible = [y for y in candidates if wrist_excursion(y) < self.Q7_LIMIT]
+        if feasible:
+            self.yaw = min(feasible, key=lambda y: abs(_wrap(y - eef_yaw, 2 * np.pi)))
+        else:
+            self.yaw = min(candidates, key=wrist_excursion)
 
     @staticmethod
     def _grasp_point(state: dict) -> np.ndarray:
