@@ -402,3 +402,40 @@ def test_load_policy_specs_and_errors(tmp_path):
         load_policy("scripted").predict_chunk(Observation(images={}))
     with pytest.raises(WmpoError, match="not 'scripted', 'random' or an existing checkpoint"):
         load_policy(str(tmp_path / "missing"))
+
+
+def test_executor_drives_a_joint_trajectory_controller_within_limits(probe):
+    from sensor_msgs.msg import JointState
+
+    from wmpo_core.interfaces import JOINT_STATES_TOPIC, JOINT_TRAJECTORY_TOPIC
+
+    commands: list[JointTrajectory] = []
+    probe.node.create_subscription(JointTrajectory, JOINT_TRAJECTORY_TOPIC, commands.append, 50)
+    joints_pub = probe.node.create_publisher(JointState, JOINT_STATES_TOPIC, 10)
+    names = ["j1", "j2"]
+    ros_args = params("executor.yaml") + [
+        "-p", "arm_type:=joint", "-p", "command_interface:=joint_trajectory",
+        "-p", f"joint_names:={names}", "-p", f"action_names:={names}",
+        "-p", "lower:=[-1.0, -0.5]", "-p", "upper:=[1.0, 0.5]", "-p", "max_step:=[0.1, 0.1]",
+        "-p", "require_episode:=false", "-p", "request_chunks:=false",
+    ]  # fmt: skip
+    with NodeProcess("wmpo_executor_node", ros_args) as node:
+        assert probe.wait(lambda: probe.chunk_pub.get_subscription_count() > 0, 20)
+        probe.spin(1.0)
+        assert commands == [], "no command before a measured position"
+        for _ in range(5):
+            joints_pub.publish(JointState(name=names, position=[0.2, 0.0]))
+            probe.spin(0.1)
+        assert probe.wait(lambda: len(commands) > 0, 5), node.output()
+        hold = commands[-1]
+        assert list(hold.joint_names) == names
+        assert list(hold.points[0].positions) == pytest.approx([0.2, 0.0])
+        chunk = np.tile([[5.0, -5.0]], (8, 1))  # far outside the limits
+        commands.clear()
+        probe.chunk_pub.publish(chunk_to_msg(chunk, names, probe.now(), DT))
+        probe.spin(1.5)
+    pos = np.array([list(c.points[0].positions) for c in commands])
+    assert np.all(pos[:, 0] <= 1.0) and np.all(pos[:, 1] >= -0.5)
+    assert np.all(np.abs(np.diff(pos, axis=0)) <= 0.1 + 1e-9)
+    assert pos[:, 0].max() > 0.5, "it moved toward the target, limited per step"
+    assert commands[0].points[0].time_from_start.nanosec == pytest.approx(DT * 1e9)
