@@ -54,6 +54,15 @@ def test_huge_action_is_clamped_then_step_limited():
     assert f.snapshot()[CLAMPED] == 1 and f.snapshot()[STEP_LIMITED] == 1
 
 
+def test_idle_hold_is_not_counted():
+    f = ee_filter()
+    f.filter(np.array([0, 0, 0.2, 0, 0, 0, 1.0]), now=0.0)
+    out = f.idle()
+    assert out.hold and out.reasons == ()
+    np.testing.assert_array_equal(out.command, [0, 0, 0, 0, 0, 0, 1.0])
+    assert sum(f.snapshot().values()) == 0
+
+
 def test_stale_chunk_and_empty_queue_hold():
     f = ee_filter(chunk_timeout_s=0.5)
     assert f.filter(np.zeros(7), now=10.0, action_stamp=9.0).reasons == (STALE_CHUNK,)

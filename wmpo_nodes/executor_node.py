@@ -301,12 +301,15 @@ class ExecutorNode(Node):
         if not self.safety.halted and self._episode_running:
             scheduled = self.scheduler.next_action(now)
         ee_pos = self._ee_pos if now - self._ee_stamp <= self._p["ee_pose_timeout_s"] else None
-        cmd = self.safety.filter(
-            None if scheduled is None else scheduled.action,
-            now=now,
-            action_stamp=None if scheduled is None else scheduled.obs_stamp,
-            ee_pos=ee_pos,
-        )
+        if not self._episode_running and not self.safety.halted:
+            cmd = self.safety.idle()  # holding between episodes is no intervention
+        else:
+            cmd = self.safety.filter(
+                None if scheduled is None else scheduled.action,
+                now=now,
+                action_stamp=None if scheduled is None else scheduled.obs_stamp,
+                ee_pos=ee_pos,
+            )
         self._send(cmd, now)
         if scheduled is not None and cmd is not None and not cmd.hold:
             if scheduled.chunk_id != self._last_chunk_id:

@@ -213,6 +213,15 @@ class SafetyFilter:
             return STALE_CHUNK
         return None
 
+    def idle(self) -> SafeCommand | None:
+        """A hold that is no intervention (between episodes): same command, not counted."""
+        cmd = self.hold_command()
+        if cmd is None:
+            return None
+        if self.config.arm_type == "ee_delta":
+            self._last = cmd.copy()
+        return SafeCommand(cmd, hold=True, reasons=())
+
     def _hold(self, reason: str) -> SafeCommand | None:
         # E-stop is counted once per activation (in estop()), not once per held period.
         if reason != ESTOP:
