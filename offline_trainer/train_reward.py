@@ -48,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--heldout-frac", type=float, default=0.15, help="episodes kept for eval")
     p.add_argument("--cal-frac", type=float, default=0.2, help="training episodes for calibration")
+    p.add_argument("--init", default=None, help="start from this reward-model checkpoint")
     p.add_argument("--imagined-from", default=None, help="world model: add re-imagined episodes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
@@ -85,6 +86,11 @@ def run(args: argparse.Namespace) -> int:
     size = int(arrays[0][0].shape[1])
     config = RewardModelConfig(preset=args.preset, image_size=size, base_path=args.base_path)
     model = RewardModel(config).train()
+    if args.init:  # continue from a trained reward model (same architecture)
+        from wmpo_core.checkpoint import load_state_strict
+        from wmpo_core.reward_model import load_reward_model
+
+        load_state_strict(model, load_reward_model(args.init).state_dict(), args.init)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     # Linear warm-up: a ViT trained from scratch diverges at 1e-3 without one.
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 100))
@@ -137,7 +143,7 @@ def _augment(x: torch.Tensor) -> torch.Tensor:
 def _epoch(model, opt, sched, episodes, config, rng, batch_size: int) -> float:
     clips, ys = [], []
     for frames, y, success_step in episodes:
-        for idx, label in training_clips(frames, y, config.num_frames, rng, 2, success_step):
+        for idx, label in training_clips(frames, y, config.num_frames, rng, success_step):
             clips.append(frames[idx])
             ys.append(label)
     order = rng.permutation(len(clips))

@@ -60,9 +60,14 @@ def test_windows_are_stride_one_and_pad_short_episodes():
     clips = training_clips(np.zeros((40, 4, 4, 3), np.uint8), True, 8, rng)
     labels = [y for _, y in clips]
     assert labels[0] == 1 and clips[0][0][-1] >= 37 and all(y == 0 for y in labels[1:])
-    assert all(c[-1] < 29 for c, _ in clips[1:])  # negatives come from the first 75 %
+    assert all(c[-1] < 30 for c, _ in clips[1:])  # negatives come from the first 75 %
+    known = training_clips(np.zeros((40, 4, 4, 3), np.uint8), True, 8, rng, success_step=20)
+    assert [y for _, y in known][:2] == [1, 1] and known[1][0][-1] >= 20
+    assert all(c[-1] < 18 for c, y in known if y == 0)  # 3 frames before the success
     fails = training_clips(np.zeros((40, 4, 4, 3), np.uint8), False, 8, rng)
     assert all(y == 0 for _, y in fails) and fails[0][0][-1] == 39
+    # Stratified: one negative ending in each 8-frame stretch, so no stretch is missed.
+    assert sorted(c[-1] // 8 for c, _ in fails[1:]) == [0, 1, 2, 3, 4]
 
 
 class _ScriptedScores(RewardModel):

@@ -46,32 +46,40 @@ def training_clips(
     success: bool,
     num_frames: int,
     rng: np.random.Generator,
-    n_neg: int = 2,
     success_step: int | None = None,
+    stride: int = 8,
 ) -> list[tuple[np.ndarray, int]]:
-    """Clip indices and labels of one episode (WMPO recipe): the final window of a success
-    is positive (with a 0-2 frame jitter); earlier windows of a success and any window of
-    a failure (its final one included) are negative. When the step at which the sim first
-    flagged success is known, one more positive ends anywhere from that step on, and the
-    earlier negatives end at least 3 frames before it (the lift is then only 2-3 px high);
-    otherwise negatives come from the first 75 % of the episode."""
+    """Clip indices and labels of one episode (WMPO recipe, denser negatives).
+
+    The final window of a success is positive (with a 0-2 frame jitter); when the step
+    at which the sim first flagged success is known, one more positive ends anywhere
+    from that step on. Negatives are *stratified*: one window ending in every `stride`
+    frames of a failure (its final window included), and of a success before it
+    succeeded (3 frames of margin; without a known step, its first 75 %). A failure's
+    hardest windows (the arm rising with nothing in the gripper) are then always seen:
+    with only a few random negatives the sliding-window verdict fires on them.
+    """
     t = len(frames)
     out: list[tuple[np.ndarray, int]] = []
 
     def clip(end: int) -> np.ndarray:
         return np.clip(np.arange(end - num_frames + 1, end + 1), 0, None)
 
+    def negatives(hi: int) -> list[tuple[np.ndarray, int]]:
+        """One window ending in each stride-long stretch of [0, hi)."""
+        ends = [int(rng.integers(lo, min(lo + stride, hi))) for lo in range(0, hi, stride)]
+        return [(clip(e), 0) for e in ends]
+
     if success:
         out.append((clip(t - 1 - int(rng.integers(0, min(3, t)))), 1))
         if success_step is not None and 3 <= success_step < t:
             out.append((clip(int(rng.integers(success_step, t))), 1))
-            hi = success_step - 2
+            out += negatives(success_step - 2)
         else:
-            hi = max(1, int(0.75 * t) - 1)
-        out += [(clip(int(rng.integers(0, hi))), 0) for _ in range(n_neg)]
+            out += negatives(max(1, int(0.75 * t)))
     else:
         out.append((clip(t - 1), 0))
-        out += [(clip(int(rng.integers(0, t))), 0) for _ in range(n_neg)]
+        out += negatives(t)
     return out
 
 
