@@ -47,6 +47,7 @@ from wmpo_core.interfaces import (
     GRIPPER_COMMAND_TOPIC,
     JOINT_STATES_TOPIC,
     JOINT_TRAJECTORY_TOPIC,
+    POLICY_VERSION_TOPIC,
     TWIST_COMMAND_TOPIC,
 )
 from wmpo_core.runtime.chunking import ChunkConfig, make_scheduler, request_lead_steps
@@ -167,6 +168,8 @@ class ExecutorNode(Node):
         self.create_subscription(JointTrajectory, ACTION_CHUNK_TOPIC, self._on_chunk, 10)
         self.create_subscription(Bool, ESTOP_TOPIC, self._on_estop, LATCHED)
         self.create_subscription(String, EPISODE_TOPIC, self._on_episode, EVENTS_QOS)
+        self.create_subscription(String, POLICY_VERSION_TOPIC, self._on_policy_version, LATCHED)
+        self._policy_version: str | None = None
         self.create_subscription(JointState, JOINT_STATES_TOPIC, self._on_joints, 10)
         if p["ee_pose_source"] == "sim_state":
             self.create_subscription(String, SIM_STATE_TOPIC, self._on_sim_state, 10)
@@ -243,6 +246,17 @@ class ExecutorNode(Node):
             response.message = "e-stop reset: executing chunks again"
             self.get_logger().info(response.message)
         return response
+
+    def _on_policy_version(self, msg: String) -> None:
+        # A hot-swap: queued actions came from the old policy; drop them (the arm holds
+        # for at most one inference, it never plays a mix of two policies' chunks).
+        if self._policy_version is not None and msg.data != self._policy_version:
+            self.scheduler.clear()
+            self._request_out = False
+            self.get_logger().info(
+                f"policy {self._policy_version} -> {msg.data}: dropped queued actions"
+            )
+        self._policy_version = msg.data
 
     def _on_episode(self, msg: String) -> None:
         try:

@@ -18,6 +18,7 @@ import json
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
@@ -43,11 +44,14 @@ from wmpo_core.interfaces import (
     POLICY_VERSION_TOPIC,
 )
 from wmpo_core.policy_api import ChunkPolicy, Observation
+from wmpo_core.registry import Registry, resolve_promoted
 from wmpo_core.runtime.diagnostics import RollingStats, Throttle
 from wmpo_core.runtime.episode import EpisodeError, parse_event
+from wmpo_core.runtime.hotswap import contract_of, registry_root_of
 from wmpo_core.runtime.policies import load_policy
 from wmpo_core.runtime.topics import CHUNK_REQUEST_TOPIC, SIM_STATE_TOPIC
 from wmpo_nodes.common import run_node
+from wmpo_nodes.hotswap import RegistryHotSwapper
 from wmpo_nodes.runtime_msgs import EVENTS_QOS, LATCHED, chunk_to_msg, diagnostic_array, stamp_to_s
 
 TRIGGERS = ("request", "continuous")
@@ -151,7 +155,16 @@ class PolicyNode(LifecycleNode):
             False,
             ParameterDescriptor(read_only=True, description="configure + activate at start-up"),
         )
+        self.declare_parameter(
+            "registry_poll_s",
+            1.0,
+            ParameterDescriptor(
+                read_only=True,
+                description="policy 'registry:ROOT': how often to check for a promoted version",
+            ),
+        )
         self.policy: ChunkPolicy | None = None
+        self._swapper: RegistryHotSwapper | None = None
         self._configure_error = ""
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -200,15 +213,24 @@ class PolicyNode(LifecycleNode):
             )
             self.get_logger().error(self._configure_error)
             return TransitionCallbackReturn.FAILURE
+        registry = registry_root_of(p["policy"])
         try:
+            if registry is not None:
+                # Only verified registry versions run (manifest hashes, safetensors only).
+                version = Registry(registry).promoted()
+                spec = str(resolve_promoted(registry))
+            else:
+                spec = p["policy"]
             self.policy = load_policy(
-                p["policy"],
+                spec,
                 task=p["task"],
                 chunk_size=p["chunk_size"],
                 seed=p["seed"],
                 device=p["device"],
                 delay_s=p["added_latency_s"],
             )
+            if registry is not None:
+                self.policy.version = version
         except WmpoError as exc:
             self._configure_error = f"policy_node: {exc}"
             self.get_logger().error(str(exc))
@@ -241,6 +263,8 @@ class PolicyNode(LifecycleNode):
             )
         self._timers.append(self.create_timer(1.0, self._publish_diagnostics))
         self._version_pub.publish(String(data=self.policy.version))
+        if registry is not None:
+            self._start_swapper(registry, p)
         self.get_logger().info(
             f"policy '{self.policy.version}' loaded: chunk {self.policy.chunk_size} x "
             f"{len(self.policy.action_names)}, trigger '{p['trigger']}'"
@@ -270,6 +294,9 @@ class PolicyNode(LifecycleNode):
         self._stop_worker()
 
     def _stop_worker(self) -> None:
+        if self._swapper is not None:
+            self._swapper.stop()
+            self._swapper = None
         self._stop.set()
         self._wake.set()
         if self._worker is not None:
@@ -414,13 +441,16 @@ class PolicyNode(LifecycleNode):
                 self.policy.reset()
                 self._reset_policy = False
             self._last_used_stamp = stamp
-            return Observation(
+            obs = Observation(
                 images={k: v[0] for k, v in self._images.items()},
                 instruction=self._instruction,
                 proprio=None if self._joints is None else self._joints.copy(),
                 stamp=stamp,
                 privileged=dict(self._privileged),
             )
+        if self._swapper is not None:
+            self._swapper.remember(obs)
+        return obs
 
     def _infer(self, obs: Observation) -> None:
         policy = self.policy
@@ -429,6 +459,8 @@ class PolicyNode(LifecycleNode):
         t0 = time.monotonic()
         chunk = np.asarray(policy.predict_chunk(obs))
         self._latency.add(time.monotonic() - t0)
+        if policy is not self.policy:
+            return  # swapped while inferring: never publish the old policy's chunk after it
         expected = (policy.chunk_size, len(policy.action_names))
         if chunk.shape != expected:
             raise WmpoError(
@@ -438,11 +470,47 @@ class PolicyNode(LifecycleNode):
         self._obs_to_publish.add(self._now() - obs.stamp)
         self._chunks += 1
 
+    # --- hot-swap ----------------------------------------------------------------
+    def _start_swapper(self, registry: Path, p: dict) -> None:
+        def load(path: Path) -> ChunkPolicy:
+            return load_policy(
+                str(path),
+                task=p["task"],
+                chunk_size=p["chunk_size"],
+                seed=p["seed"],
+                device=p["device"],
+                delay_s=p["added_latency_s"],
+            )
+
+        self._swapper = RegistryHotSwapper(
+            registry,
+            self.policy.version,
+            load,
+            contract_of(self.policy, self._image_size),
+            self._install,
+            self.get_logger().info,
+            self.get_logger().error,
+            poll_s=self.get_parameter("registry_poll_s").value,
+        )
+        self._swapper.start()
+
+    def _install(self, candidate: ChunkPolicy) -> None:
+        """Swap between chunks: inference takes the lock, so no chunk mixes two policies."""
+        with self._lock:
+            self.policy = candidate
+            self._reset_policy = True
+        # The executor drops its queued actions when the version changes.
+        self._version_pub.publish(String(data=candidate.version))
+
     def _publish_diagnostics(self) -> None:
         values = {
             "policy_version": self.policy.version if self.policy else "",
             "chunks": str(self._chunks),
         }
+        if self._swapper is not None:
+            values["hot_swaps"] = str(self._swapper.swaps)
+            values["hot_swap_refusals"] = str(self._swapper.refusals)
+            values["hot_swap_last_error"] = self._swapper.last_error
         values.update(self._latency.summary("inference_latency"))
         values.update(self._obs_to_publish.summary("observation_to_chunk"))
         values.update({f"refused_{k}": str(v) for k, v in self._refused.items()})
