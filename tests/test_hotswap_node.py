@@ -15,8 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from wmpo_core.policy import NormalizationStats, PolicyConfig, VLAPolicyModel
-from wmpo_core.policy import save_policy_checkpoint
+from wmpo_core.policy import (
+    NormalizationStats,
+    PolicyConfig,
+    VLAPolicyModel,
+    save_policy_checkpoint,
+)
 from wmpo_core.registry import Registry
 
 pytestmark = [pytest.mark.ros, pytest.mark.sim]
