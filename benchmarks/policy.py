@@ -7,7 +7,8 @@ Prints one table. Baselines measured in the same run:
   the ratio is how many times faster than real time the policy plans;
 - batched log-prob (GRPO's inner loop, B = 64 chunks) against B single-chunk passes.
 Success rates are read from the eval reports committed beside the base policies
-(assets/policies/<task>/eval.json, written by `wmpo eval policy --json`).
+(assets/policies/<task>.eval.json, written by `wmpo eval policy --json`; the
+checkpoint directory itself holds only hashed files).
 """
 
 from __future__ import annotations
@@ -140,8 +141,8 @@ def main() -> int:
             f"{batched / single:.1f}x one-at-a-time ({single:.0f} chunks/s)",
         )
     )
-    for task_dir in sorted(Path(args.assets).glob("*/eval.json")):
-        s = json.loads(task_dir.read_text())
+    for report in sorted(Path(args.assets).glob("*.eval.json")):
+        s = json.loads(report.read_text())
         lo, hi = s["wilson95"]
         rows.append(
             (
