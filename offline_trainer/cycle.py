@@ -35,6 +35,8 @@ from offline_trainer.pipeline import RunContext, RunLock, Stage, load_state, run
 from wmpo_core.errors import WmpoError
 from wmpo_core.fileio import atomic_write_json
 
+MIN_LABELS_PER_CLASS = 4
+
 
 @dataclass
 class CycleConfig:
@@ -173,14 +175,30 @@ def stage_world_model(cfg: CycleConfig):
 
 def stage_reward(cfg: CycleConfig):
     def run(ctx: RunContext) -> dict[str, Any]:
+        from wmpo_core.store import EpisodeStore
+
         out = ctx.run_dir / "reward"
         prev = models_pointer(cfg)["reward"]
         if cfg.reward_minutes == 0 and prev:
             return {"reward": str(prev), "trained": False}
+        labels = [m.success for m in _task_episodes(EpisodeStore(cfg.store), cfg.task)]
+        wins, losses = labels.count(True), labels.count(False)
+        if prev and min(wins, losses) < MIN_LABELS_PER_CLASS:
+            # A classifier refreshed on one class (or a handful) would be worse than the
+            # one we have: keep it until the robot has seen both outcomes often enough.
+            print(
+                f"    keeping {prev}: {wins} successes / {losses} failures labelled so far "
+                f"(need {MIN_LABELS_PER_CLASS} of each to refresh)"
+            )
+            return {"reward": str(prev), "trained": False}
         args = ["train", "reward", "--data", str(cfg.store), "--out", str(out)]
         args += ["--minutes", str(cfg.reward_minutes), "--threads", str(cfg.threads)]
+        if prev:
+            args += ["--init", str(prev)]  # fine-tune: a night's episodes are few
         if cfg.task:
             args += ["--task", cfg.task]
+        if (out / "manifest.json").exists():
+            return {"reward": str(out), "trained": True}  # finished before a crash
         wmpo_cmd(ctx, "reward", args, cfg.threads)
         return {"reward": str(out), "trained": True}
 

@@ -22,17 +22,26 @@ from offline_trainer.grpo.trainer import StoreInitialStates
 from wmpo_core.store import EpisodeStore
 
 MAX_MEAN_ACTION_SHIFT = 0.5  # mean |candidate - parent| per action dim, in [-1, 1] units
+# "Greedy" for the rollout API, which needs log-probs (T > 0): at 1e-3 a token whose logit
+# is 0.01 below the best is sampled with probability e^-10.
+GREEDY_TEMPERATURE = 1e-3
 
 
 def _imagined_success(policy, imagination, reward, frames, instructions, max_chunks) -> float:
     batch = imagine_rollouts(
-        policy, imagination, reward, frames, instructions, max_chunks=max_chunks, temperature=0.0
+        policy,
+        imagination,
+        reward,
+        frames,
+        instructions,
+        max_chunks=max_chunks,
+        temperature=GREEDY_TEMPERATURE,
     )
     return float(batch.success.float().mean())
 
 
 def _greedy_actions(policy, frames: torch.Tensor, instructions: list[str]) -> np.ndarray:
-    actions, _, _ = policy.sample_chunk(frames, instructions, 0.0)
+    actions, _, _ = policy.sample_chunk(frames, instructions, GREEDY_TEMPERATURE)
     return np.asarray(actions, dtype=np.float64)
 
 

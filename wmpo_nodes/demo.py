@@ -54,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train base policy, world model and reward model here instead of using assets/",
     )
+    parser.add_argument(
+        "--assets",
+        type=Path,
+        default=ASSETS,
+        help="directory with policies/TASK, world_models/TASK, reward_models/TASK",
+    )
     parser.add_argument("--fresh", action="store_true", help="delete --workdir first")
     parser.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID")
 
@@ -242,9 +248,9 @@ def run_experts(args, domain: int) -> dict[str, tuple[int, int]]:
 def base_models(args) -> dict[str, Path]:
     """The committed tiny models for the task, or ones trained here (--from-scratch)."""
     committed = {
-        "policy": ASSETS / "policies" / args.task,
-        "world_model": ASSETS / "world_models" / args.task,
-        "reward": ASSETS / "reward_models" / args.task,
+        "policy": args.assets / "policies" / args.task,
+        "world_model": args.assets / "world_models" / args.task,
+        "reward": args.assets / "reward_models" / args.task,
     }
     if not args.from_scratch and all((p / "manifest.json").is_file() for p in committed.values()):
         return committed
