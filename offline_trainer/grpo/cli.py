@@ -42,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FIELD=VALUE",
         help="override any GRPOConfig field, value as JSON (e.g. group_size=8 learning_rate=1e-5)",
     )
+    parser.add_argument(
+        "--videos",
+        type=int,
+        default=4,
+        help="imagined rollouts per video, written every checkpoint and at the end (0: none)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device for all three models")
 
 
@@ -62,6 +68,35 @@ def config_from_args(args: argparse.Namespace) -> GRPOConfig:
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     return GRPOConfig.for_preset(args.preset, **overrides)
+
+
+def _video_callback(args, config, policy, imagination, reward, states, out: Path):
+    """Every `checkpoint_every` iterations and at the end: a grid video of imagined rollouts."""
+    import torch
+
+    from offline_trainer.grpo.videos import write_imagined_rollout_video
+
+    def callback(iteration: int, row: dict) -> None:
+        last = iteration >= config.iterations
+        if args.videos <= 0 or not (last or iteration % config.checkpoint_every == 0):
+            return
+        frames, instructions = states.sample(args.videos, torch.Generator().manual_seed(0))
+        info = write_imagined_rollout_video(
+            policy,
+            imagination,
+            reward,
+            frames,
+            instructions,
+            out / "videos" / f"iter_{iteration:04d}.mp4",
+            max_chunks=config.max_chunks,
+            temperature=config.temperature,
+            seed=iteration,
+        )
+        print(
+            f"grpo: video {info['path']} ({info['successes']}/{info['rollouts']} imagined successes)"
+        )
+
+    return callback
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,8 +132,10 @@ def run(args: argparse.Namespace) -> int:
         },
         export_fn=lambda path, fields: policy.save(path, fields, parent),
     )
-    rows = trainer.train()
     out = Path(args.out)
+    rows = trainer.train(
+        callbacks=[_video_callback(args, config, policy, imagination, reward, states, out)]
+    )
     last = rows[-1] if rows else {}
     print(
         f"grpo: {trainer.iteration} iterations, last success rate "
