@@ -371,3 +371,7 @@ def test_cli_runs_grpo_on_the_real_tiny_models_and_resumes(tmp_path):
     _, _, manifest = load_policy(tmp_path / "run/policy")
     assert manifest["trainer"] == "grpo" and manifest["iterations"] == 2
     assert manifest["parent"] == str((tmp_path / "policy").resolve())
+    # A person can watch what the policy did in imagination: one grid video per checkpoint.
+    videos = sorted((tmp_path / "run/videos").glob("iter_*.mp4"))
+    assert [v.name for v in videos] == ["iter_0001.mp4", "iter_0002.mp4"]
+    assert all(v.stat().st_size > 1000 for v in videos)
