@@ -33,7 +33,7 @@ def generate_launch_description():
             DeclareLaunchArgument(
                 "task",
                 default_value="Lift",
-                description="task name written into the episode events",
+                description="task: the expert teleoperator's task and the one written into the episode events",
             ),
             DeclareLaunchArgument(
                 "record",
@@ -52,7 +52,7 @@ def generate_launch_description():
                 package="wmpo_bringup",
                 executable="wmpo_teleop_node",
                 name="teleop",
-                parameters=[_cfg("teleop.yaml")],
+                parameters=[_cfg("teleop.yaml"), {"task": LaunchConfiguration("task")}],
                 output="screen",
             ),
             Node(

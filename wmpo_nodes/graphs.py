@@ -104,7 +104,10 @@ LAUNCH_ARGS: dict[str, tuple[LaunchArg, ...]] = {
     "teleop": (
         LaunchArg("use_sim", "true", "start the embedded sim arm (false on a real arm)", ()),
         LaunchArg(
-            "task", "Lift", "task name written into the episode events", (("episode_node", "task"),)
+            "task",
+            "Lift",
+            "task: the expert teleoperator's task and the one written into the episode events",
+            (("teleop", "task"), ("episode_node", "task")),
         ),
         LaunchArg("record", "true", "record every episode to a rosbag2 directory", ()),
     ),
