@@ -91,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
         from wmpo_core.reward_model import load_reward_model
 
         load_state_strict(model, load_reward_model(args.init).state_dict(), args.init)
+    hard = _hard_negatives(model, train, config) if args.init else []
+    if hard:
+        print(f"{len(hard)} hard negative windows (failure windows the init model scores > 0.3)")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     # Linear warm-up: a ViT trained from scratch diverges at 1e-3 without one.
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 100))
@@ -101,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     start, epoch = time.monotonic(), 0
     bar = tqdm(total=int(args.minutes * 60), unit="s")
     while time.monotonic() - start < args.minutes * 60:
-        loss = _epoch(model, opt, sched, train, config, rng, args.batch_size)
+        loss = _epoch(model, opt, sched, train, config, rng, args.batch_size, hard)
         epoch += 1
         bar.update(int(time.monotonic() - start) - bar.n)
         bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}")
@@ -140,8 +143,24 @@ def _augment(x: torch.Tensor) -> torch.Tensor:
     return x + 0.05 * torch.randn_like(x)
 
 
-def _epoch(model, opt, sched, episodes, config, rng, batch_size: int) -> float:
-    clips, ys = [], []
+def _hard_negatives(model: RewardModel, episodes, config) -> list[np.ndarray]:
+    """Failure windows the starting model mistakes for success: trained on every epoch."""
+    from wmpo_core.reward_model.processing_reward_model import window_starts
+
+    model.eval()
+    out = []
+    for frames, y, _ in episodes:
+        if y:
+            continue
+        probs, _ = model.window_probs(frames)
+        idx = window_starts(len(frames), config.num_frames)
+        out += [frames[idx[i]] for i in np.flatnonzero(probs > 0.3)]
+    model.train()
+    return out
+
+
+def _epoch(model, opt, sched, episodes, config, rng, batch_size: int, hard=()) -> float:
+    clips, ys = list(hard), [0] * len(hard)
     for frames, y, success_step in episodes:
         for idx, label in training_clips(frames, y, config.num_frames, rng, success_step):
             clips.append(frames[idx])
