@@ -73,7 +73,10 @@ def cycle_records(workdir: Path) -> list[dict[str, Any]]:
                 "gate": out("gate"),
                 "curve": out("grpo").get("imagined_success_curve", []),
                 "new_episodes": len(out("ingest").get("new_episodes", [])),
-                "seconds": {k: v.get("seconds") for k, v in stages.items()},
+                "seconds": {
+                    k: v.get("seconds")
+                    for k, v in sorted(stages.items(), key=lambda kv: kv[1].get("started", 0))
+                },
                 "videos": videos,
             }
         )
