@@ -166,6 +166,9 @@ def test_record_episode_read_back_with_rosbags_and_rclpy(tmp_path, ros_context):
             pub.publish(TWIST_COMMAND_TOPIC, twist(i))
             pub.publish(GRIPPER_COMMAND_TOPIC, Float64(data=float(i % 2)))
             pub.executor.spin_once(timeout_sec=0.02)
+        # Topics are delivered independently: let the last messages arrive before the stop
+        # event (the recorder closes the bag at the stop; later messages are not in it).
+        wait_for(pub.executor, lambda: False, 0.5)
         pub.event("stop", "ep-a")
         bag = out / "ep-a"
         wait_closed(bag)

@@ -9,6 +9,7 @@ once and the running policy stays; it is retried only if promoted again later.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -61,6 +62,12 @@ class RegistryHotSwapper:
         self.recent.append(obs)
 
     def _run(self) -> None:
+        # Loading and warming up a candidate must not take CPU from the control loop on a
+        # small robot computer: this thread runs at the lowest scheduling priority.
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
         pending: str | None = None
         while not self._stop.wait(self.poll_s):
             try:
