@@ -321,7 +321,15 @@ def test_killed_policy_node_leaves_the_arm_holding_still(probe, sim_graph):
     _start_episode(probe, sim_graph)
     assert probe.wait(lambda: _moving(probe), 20), "the arm never started moving"
     sim_graph["policy"].kill()
-    probe.spin(1.5)  # the queued actions (at most a chunk + the request lead) play out
+    # The queued actions (at most a chunk + the request lead) play out first: one per sim
+    # step, so on a slow (loaded) machine this takes longer than 8 x 50 ms of wall time.
+    assert probe.wait(
+        lambda: (
+            len(probe.twists) >= 3 and all(np.abs(v).max() == 0.0 for _, v in probe.twists[-3:])
+        ),
+        15,
+    ), "the executor never went to holding after the policy died"
+    probe.spin(0.5)  # the arm settles after its last commanded motion
     still_since = time.monotonic()
     probe.spin(2.0)
     assert _eef_travel(probe, still_since) < 0.002, "the arm kept moving without a policy"
