@@ -23,7 +23,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(autouse=True, scope="module")
+def _module_ros_domain(request):
+    """Each test module gets its own ROS domain: a node one module leaves behind (or a
+    slow-dying one) can never publish into the next module's graph."""
+    import zlib
+
+    base = int(os.environ["WMPO_TEST_DOMAIN_ID"])
+    offset = zlib.crc32(request.module.__name__.encode()) % 97
+    domain = (base + offset) % 101 + 1
+    previous = os.environ.get("ROS_DOMAIN_ID")
+    os.environ["ROS_DOMAIN_ID"] = str(domain)
+    yield domain
+    if previous is not None:
+        os.environ["ROS_DOMAIN_ID"] = previous
+
+
+@pytest.fixture
 def ros_domain_id() -> int:
     return int(os.environ["ROS_DOMAIN_ID"])
 
