@@ -50,6 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cal-frac", type=float, default=0.2, help="training episodes for calibration")
     p.add_argument("--init", default=None, help="start from this reward-model checkpoint")
     p.add_argument("--imagined-from", default=None, help="world model: add re-imagined episodes")
+    p.add_argument("--patch-size", type=int, default=None, help="tiny: spatial patch side")
+    p.add_argument("--tubelet-size", type=int, default=None, help="tiny: frames per temporal patch")
+    p.add_argument("--hidden-size", type=int, default=None, help="tiny: transformer width")
+    p.add_argument("--num-layers", type=int, default=None, help="tiny: transformer depth")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
 
@@ -84,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
             f"in {len(train)} labelled episodes (collect with --perturb-frac for failures)"
         )
     size = int(arrays[0][0].shape[1])
-    config = RewardModelConfig(preset=args.preset, image_size=size, base_path=args.base_path)
+    config = RewardModelConfig(
+        preset=args.preset, image_size=size, base_path=args.base_path, **_architecture(args)
+    )
     model = RewardModel(config).train()
     if args.init:  # continue from a trained reward model (same architecture)
         from wmpo_core.checkpoint import load_state_strict
@@ -117,6 +123,13 @@ def run(args: argparse.Namespace) -> int:
         f"threshold {model.config.threshold:.3f}: calibration F1 {metrics['cal/f1']:.3f}, "
         f"episode accuracy {metrics['cal/accuracy']:.3f} on {metrics['cal/episodes']} episodes"
     )
+    metrics.update(_heldout_agreement(model, args))
+    if "heldout/balanced_agreement" in metrics:
+        print(
+            f"held-out real episodes: balanced agreement "
+            f"{metrics['heldout/balanced_agreement']:.3f} on {metrics['heldout/episodes']} "
+            f"({metrics['heldout/successes']} successes); always-success baseline 0.500"
+        )
     save_reward_model(
         args.out,
         model,
@@ -129,6 +142,15 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"saved {args.out}")
     return 0
+
+
+def _architecture(args: argparse.Namespace) -> dict[str, int]:
+    """The tiny-preset sizes given on the command line (the rest keep their defaults)."""
+    names = ("patch_size", "tubelet_size", "hidden_size", "num_layers")
+    sizes = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if "hidden_size" in sizes:
+        sizes["intermediate_size"] = 2 * sizes["hidden_size"]
+    return sizes
 
 
 def _augment(x: torch.Tensor) -> torch.Tensor:
@@ -189,6 +211,28 @@ def _calibrate(model: RewardModel, episodes) -> dict[str, float]:
     model.config.threshold = thr
     acc = float(((scores > thr) == labels).mean())
     return {"cal/f1": f1, "cal/accuracy": acc, "cal/episodes": len(episodes), "cal/threshold": thr}
+
+
+def _heldout_agreement(model: RewardModel, args: argparse.Namespace) -> dict[str, float]:
+    """Verdicts on the real frames of the held-out episodes (never trained or calibrated on)."""
+    from wmpo_core.world_model.metrics import balanced_agreement
+
+    held = select_episodes(
+        args.data,
+        task=args.task,
+        split="heldout",
+        heldout_frac=args.heldout_frac,
+        labelled_only=True,
+    )
+    if not held:
+        return {}
+    truth = np.array([bool(m.success) for _, m in held])
+    pred = np.array([model.detect_success(np.asarray(s.load(m.id).frames))[0] for s, m in held])
+    return {
+        "heldout/balanced_agreement": balanced_agreement(pred, truth),
+        "heldout/episodes": len(held),
+        "heldout/successes": int(truth.sum()),
+    }
 
 
 def _success_step(meta) -> int | None:

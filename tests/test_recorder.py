@@ -204,6 +204,17 @@ def test_record_episode_read_back_with_rosbags_and_rclpy(tmp_path, ros_context):
     assert status.name == "wmpo recorder" and status.level == b"\x00"
 
 
+def _joint_states_written(pub: Publisher) -> int:
+    """Joint states the recorder says it wrote, from its latest /diagnostics (0 before any)."""
+    import ast
+
+    for msg in reversed(pub.diagnostics):
+        for kv in msg.status[0].values:
+            if kv.key == "episode_topic_messages":
+                return int(ast.literal_eval(kv.value).get(JOINT_STATES_TOPIC, 0))
+    return 0
+
+
 def test_sigkill_mid_episode_then_verify_and_repair(tmp_path, ros_context, capsys):
     rec, out = start_recorder(tmp_path, flush_interval_s=0.2)
     pub = Publisher(ros_context)
@@ -214,7 +225,11 @@ def test_sigkill_mid_episode_then_verify_and_repair(tmp_path, ros_context, capsy
         for i in range(40):
             pub.publish(JOINT_STATES_TOPIC, joint_state(i))
             pub.executor.spin_once(timeout_sec=0.01)
-        wait_for(pub.executor, lambda: False, 1.0)  # > flush_interval: all of it is on disk
+        # All 40 written (the recorder's own count, published each second), then several
+        # flush intervals so they are on disk: a fixed sleep was too short on a loaded CPU.
+        written = wait_for(pub.executor, lambda: _joint_states_written(pub) >= 40, 30)
+        assert written, f"recorder wrote {_joint_states_written(pub)} of 40 joint states"
+        wait_for(pub.executor, lambda: False, 1.5)
         rec.kill()  # SIGKILL: no close, no metadata.yaml
     finally:
         pub.close()

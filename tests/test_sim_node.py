@@ -171,12 +171,13 @@ class TestWallClock:
             f"fingers did not close: {open_width} -> {client.joints[-1].position[7]}"
         )
         # Positive control for the rejection test: a good twist does move the arm.
+        # Twist until it has risen (1 s on an idle machine; the wall-clock sim falls behind
+        # real time on a loaded CPU, so the bound is generous and the check is the motion).
         start = client.eef()
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline and client.eef()[2] - start[2] <= 0.015:
             client.twist(linear=(0.0, 0.0, 0.2))
             client.spin(0.05)
-        client.spin(0.3)
         assert client.eef()[2] - start[2] > 0.015, f"eef did not rise: {start} -> {client.eef()}"
 
     @pytest.mark.parametrize(

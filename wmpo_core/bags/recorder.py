@@ -231,6 +231,7 @@ class EpisodeRecorder:
                 "state": self._state,
                 "episode": ep.sidecar.id if ep else "",
                 "episode_messages": sum(ep.writer.counts.values()) if ep else 0,
+                "episode_topic_messages": dict(ep.writer.counts) if ep else {},
                 "queue_messages": self._queue.qsize(),
                 "queue_bytes": self._queued_bytes,
                 "lost": dict(self._lost),
