@@ -10,8 +10,10 @@ on were never in its demonstrations. Reported: success rate with a 95 % Wilson
 interval, mean episode length (all / successful), and a grid video of the
 first episodes (green border: success, red: failure).
 
-`--through-nodes` (the same rollouts through policy_node -> executor_node ->
-sim_node over ROS) belongs to the runtime integration and is not wired here.
+`--through-nodes` runs the same seeds through the real ROS graph instead
+(sim_node -> policy_node -> executor_node, episode_node labelling from the sim's
+success flag; `wmpo_nodes/eval_nodes.py`): slower, but it exercises exactly what
+runs on the robot, the executor's chunk queue and safety filter included.
 """
 
 from __future__ import annotations
@@ -206,8 +208,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--through-nodes",
         action="store_true",
-        help="run through the ROS nodes (not wired here: see docs/policy.md)",
+        help="run through the ROS graph (sim_node -> policy_node -> executor_node) instead "
+        "of in-process; episodes are bounded in wall-clock time (see --episode-timeout)",
     )
+    parser.add_argument(
+        "--episode-timeout",
+        type=float,
+        default=None,
+        help="--through-nodes: seconds per episode (default: horizon at 20 Hz + 50 %%)",
+    )
+    parser.add_argument("--logs", default="runs/eval_nodes", help="--through-nodes: node logs")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -220,10 +230,7 @@ def run(args: argparse.Namespace) -> int:
             "may be in the training data"
         )
     if args.through_nodes:
-        raise WmpoError(
-            "--through-nodes is not wired in `wmpo eval policy`; run `wmpo launch sim` with "
-            f"policy:={args.checkpoint} to exercise the nodes, or drop the flag"
-        )
+        return _run_through_nodes(args)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -260,7 +267,40 @@ def run(args: argparse.Namespace) -> int:
     if args.video:
         path = write_grid_video(videos, [e.success for e in result.episodes[:n_video]], args.video)
         print(f"video: {path}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(s, indent=2) + "\n")
+    _write_json(args.json, s)
     return 0
+
+
+def _run_through_nodes(args: argparse.Namespace) -> int:
+    if args.checkpoint == "random":
+        raise WmpoError("--through-nodes needs a checkpoint directory, not 'random'")
+    if args.video:
+        print("note: --video is written by the in-process evaluation only; ignored here")
+    from wmpo_nodes.eval_nodes import evaluate_through_nodes
+
+    result = evaluate_through_nodes(
+        args.checkpoint,
+        args.task,
+        args.episodes,
+        seed_start=args.seed_start,
+        log_dir=Path(args.logs),
+        timeout_s=args.episode_timeout,
+        image_size=args.image_size or 64,
+        progress=not args.no_progress,
+    )
+    s = result.summary() | {"through_nodes": True}
+    lo, hi = s["wilson95"]
+    print(
+        f"{args.task} through the nodes: success {s['successes']}/{s['episodes']} = "
+        f"{100 * s['success_rate']:.1f} % (95 % Wilson CI {100 * lo:.1f}-{100 * hi:.1f} %), "
+        f"mean length ~{s['mean_length']:.0f} steps, seeds {args.seed_start}.."
+        f"{args.seed_start + args.episodes - 1}, policy {result.policy_version}; logs {args.logs}"
+    )
+    _write_json(args.json, s)
+    return 0
+
+
+def _write_json(path: str | None, summary: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(summary, indent=2) + "\n")

@@ -117,6 +117,9 @@ class EpisodeResult:
     label: str
     policy_version: str
     seconds: float
+    """Wall time from the start command to the label (reset included)."""
+    active_seconds: float = 0.0
+    """Wall time the episode ran (start to stop stamps of episode_node's events)."""
 
 
 class Driver:
@@ -190,11 +193,13 @@ class Driver:
             self.cmd.publish(self.String(data=json.dumps({"command": "stop"})))
             raise WmpoError(f"episode not labelled within {timeout + 30:.0f} s")
         label = new("label")
+        t0, t1 = label.get("start_stamp"), label.get("stop_stamp")
         return EpisodeResult(
             episode_id=str(label.get("episode_id") or label.get("id")),
             label=str(label.get("label")),
             policy_version=str(label.get("policy_version") or self.version),
             seconds=time.monotonic() - started,
+            active_seconds=float(t1 - t0) if t0 is not None and t1 is not None else 0.0,
         )
 
     def close(self) -> None:
