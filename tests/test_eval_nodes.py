@@ -19,9 +19,23 @@ def test_committed_lift_policy_through_the_nodes(tmp_path, ros_domain_id, capsys
 
     report = tmp_path / "eval.json"
     rc = wmpo_main(
-        ["eval", "policy", str(LIFT), "--task", "Lift", "--episodes", "2", "--through-nodes",
-         "--seed-start", "100000", "--no-progress", "--logs", str(tmp_path / "logs"),
-         "--json", str(report)]  # fmt: skip
+        [
+            "eval",
+            "policy",
+            str(LIFT),
+            "--task",
+            "Lift",
+            "--episodes",
+            "2",
+            "--through-nodes",
+            "--seed-start",
+            "100000",
+            "--no-progress",
+            "--logs",
+            str(tmp_path / "logs"),
+            "--json",
+            str(report),
+        ]  # fmt: skip
     )
     assert rc == 0
     s = json.loads(report.read_text())

@@ -127,3 +127,102 @@ def test_swap_under_a_running_control_loop_misses_no_tick(tmp_path, ros_domain_i
             node.destroy_node()
     finally:
         context.try_shutdown()
+
+
+def test_auto_rollback_on_a_planted_regression_swaps_the_previous_version_back(tmp_path):
+    """policy_node alone in registry mode: v1 succeeds on its labelled episodes, v2 is
+    promoted and fails every one; the node rolls the registry back and swaps v1 back in."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+
+    from tests.rosutil import NodeProcess
+    from wmpo_core.interfaces import (
+        CAMERA_TOPIC,
+        DIAGNOSTICS_TOPIC,
+        EPISODE_TOPIC,
+        INSTRUCTION_TOPIC,
+        POLICY_VERSION_TOPIC,
+    )
+    from wmpo_core.runtime.episode import EpisodeEvent
+    from wmpo_nodes.runtime_msgs import EVENTS_QOS, LATCHED
+
+    reg = Registry(tmp_path / "registry", create=True)
+    v1 = reg.publish(_ckpt(tmp_path / "a", 0))
+    reg.promote(v1)
+    v2 = reg.publish(_ckpt(tmp_path / "b", 1))
+    node = NodeProcess(
+        "wmpo_policy_node",
+        ["-p", f"policy:=registry:{reg.root}", "-p", "image_size:=64", "-p", "autostart:=true",
+         "-p", "registry_poll_s:=0.2", "-p", "rollback_window_episodes:=6",
+         "-p", "rollback_min_episodes:=3", "-p", "trigger:=continuous"],  # fmt: skip
+        log=tmp_path / "policy_node.log",
+    ).start()
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        probe = rclpy.create_node("rollback_probe", context=context)
+        ex = SingleThreadedExecutor(context=context)
+        ex.add_node(probe)
+        versions: list[str] = []
+        probe.create_subscription(
+            String, POLICY_VERSION_TOPIC, lambda m: versions.append(m.data), LATCHED
+        )
+        events = probe.create_publisher(String, EPISODE_TOPIC, EVENTS_QOS)
+        diag = probe.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+        # A camera and an instruction: a candidate is warmed up on real observations.
+        camera = probe.create_publisher(Image, CAMERA_TOPIC, 10)
+        probe.create_publisher(String, INSTRUCTION_TOPIC, LATCHED).publish(
+            String(data="lift the red cube")
+        )
+        pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)
+
+        def frame() -> Image:
+            msg = Image(height=64, width=64, encoding="rgb8", step=64 * 3, data=pixels.tobytes())
+            msg.header.stamp = probe.get_clock().now().to_msg()
+            return msg
+
+        def spin(cond, timeout):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and not cond():
+                camera.publish(frame())
+                ex.spin_once(timeout_sec=0.05)
+                assert node.alive(), (tmp_path / "policy_node.log").read_text()[-2000:]
+            return cond()
+
+        def episode(k: int, version: str, label: str) -> None:
+            for kind in ("start", "label"):
+                ev = EpisodeEvent(
+                    event=kind, episode_id=f"ep{k}", instruction="lift the red cube",
+                    policy_version=version, task="Lift", seed=k, start_stamp=float(k),
+                    stop_stamp=float(k) + 1.0 if kind == "label" else None,
+                    label=label if kind == "label" else None,
+                    labelled_by="operator" if kind == "label" else None, reason="", stamp=float(k),
+                )  # fmt: skip
+                events.publish(String(data=ev.to_json()))
+                status = DiagnosticStatus(name="wmpo/executor_node", values=[
+                    KeyValue(key="intervention_clamped", value="0")])  # fmt: skip
+                diag.publish(DiagnosticArray(status=[status]))
+                spin(lambda: False, 0.1)
+
+        assert spin(lambda: versions and events.get_subscription_count() > 0, 60)
+        assert versions[-1] == v1
+        for k in range(4):
+            episode(k, v1, "success")
+        log = reg.root / "episodes.jsonl"
+        assert spin(lambda: log.is_file() and len(log.read_text().splitlines()) == 4, 20)
+        reg.promote(v2, reason="planted regression")
+        assert spin(lambda: versions[-1] == v2, 30), "v2 was not swapped in"
+        for k in range(4, 8):
+            episode(k, v2, "failure")
+        assert spin(lambda: reg.promoted() == v1, 30), (tmp_path / "policy_node.log").read_text()
+        assert spin(lambda: versions[-1] == v1, 30), "the rolled-back version was not swapped in"
+        last = reg.history()[-1]
+        assert last["action"] == "rollback" and "auto-rollback" in last["reason"]
+        assert "auto-rollback to " + v1 in (tmp_path / "policy_node.log").read_text()
+        probe.destroy_node()
+    finally:
+        context.try_shutdown()
+        node.stop()

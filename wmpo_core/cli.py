@@ -59,7 +59,9 @@ def _load(module_name: str, prog: str, help_text: str) -> tuple[argparse.Argumen
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise SystemExit(f"{prog}: not available in this build ({module_name} is missing)") from None
+            raise SystemExit(
+                f"{prog}: not available in this build ({module_name} is missing)"
+            ) from None
         raise SystemExit(
             f"{prog}: missing dependency '{exc.name}'. Run `make setup` (or pip install it)."
         ) from None

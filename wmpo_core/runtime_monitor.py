@@ -183,3 +183,125 @@ class RollbackMonitor:
 
     def _decision(self, action: str, reason: str) -> Decision:
         return Decision(action, f"{self.new_version}: {reason}", self.new, self.previous)
+
+
+# -- wired to a registry: what policy_node runs ------------------------------------------
+
+OUTCOMES_FILE = "episodes.jsonl"
+"""Labelled real episodes per version, appended under the registry root (survives restarts)."""
+
+SAFETY_REASONS = ("nonfinite", "clamped", "step_limited", "workspace", "estop", "wrong_shape")
+"""Executor interventions that count as safety interventions (not the holds while a chunk
+is late: those measure inference latency, not the policy's behaviour)."""
+
+
+class AutoRollback:
+    """Watches a registry's promotions and rolls a regressing version back.
+
+    `record()` is called once per labelled real episode. It appends the outcome to
+    `<registry>/episodes.jsonl`, and when the promoted version came from a promotion
+    (not a rollback) it judges that version against the one it replaced, with the
+    previous version's last `window_episodes` labelled episodes as the reference.
+    On ROLLBACK it calls `Registry.rollback` (only if the version is still the promoted
+    one: an operator's later promotion wins); the policy node then hot-swaps back.
+    """
+
+    def __init__(self, registry, config: MonitorConfig | None = None, log=print):
+        self.registry = registry
+        self.config = config or MonitorConfig()
+        self.log = log
+        self.path = registry.root / OUTCOMES_FILE
+        self.outcomes: list[EpisodeOutcome] = self._load()
+        self.monitor: RollbackMonitor | None = None
+        self._judged: set[str] = set()
+
+    def _load(self) -> list[EpisodeOutcome]:
+        import json
+
+        out = []
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    d = json.loads(line)
+                    out.append(EpisodeOutcome(d["version"], d["success"], int(d["interventions"])))
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line after a crash: skip it, keep the rest
+        return out
+
+    def _append(self, outcome: EpisodeOutcome, episode_id: str) -> None:
+        import json
+        import os
+        import time
+
+        line = json.dumps(
+            {
+                "version": outcome.version,
+                "success": outcome.success,
+                "interventions": outcome.interventions,
+                "episode_id": episode_id,
+                "time": time.time(),
+            }  # fmt: skip
+        )
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _sync(self) -> bool:
+        """Start judging the promoted version if a promotion put it there; True when a new
+        monitor was started (it has then already seen every logged episode of the version)."""
+        pointer = self.registry.pointer()
+        current = pointer.get("version")
+        if self.monitor is not None and self.monitor.new_version == current:
+            return False
+        self.monitor = None
+        last = (pointer.get("history") or [{}])[-1]
+        if current in self._judged or last.get("action") != "promote" or not last.get("from"):
+            return False
+        if last.get("version") != current:
+            return False
+        previous = last["from"]
+        try:
+            self.monitor = RollbackMonitor(
+                current,
+                previous,
+                stats_for(self.outcomes, previous, last=self.config.window_episodes),
+                self.config,
+            )
+        except WmpoError as exc:
+            self._judged.add(current)
+            self.log(f"auto-rollback off for {current}: {exc}")
+            return False
+        self.monitor.observe_all([o for o in self.outcomes if o.version == current])
+        return True
+
+    def record(self, outcome: EpisodeOutcome, episode_id: str = "") -> Decision | None:
+        """Log one labelled episode; returns the decision about the promoted version, if any."""
+        self._append(outcome, episode_id)
+        self.outcomes.append(outcome)
+        started = self._sync()
+        if self.monitor is None:
+            return None
+        decision = self.monitor.decide() if started else self.monitor.observe(outcome)
+        if decision.action == UNDECIDED:
+            return decision
+        version = self.monitor.new_version
+        self._judged.add(version)
+        self.monitor = None
+        if decision.action == ROLLBACK:
+            self._rollback(version, decision)
+        else:
+            self.log(f"auto-rollback: keeping {decision.reason}")
+        return decision
+
+    def _rollback(self, version: str, decision: Decision) -> None:
+        if self.registry.promoted() != version:
+            self.log(f"auto-rollback: {version} is no longer promoted; nothing to do")
+            return
+        pointer = self.registry.rollback(reason=f"auto-rollback: {decision.reason}")
+        self.log(f"auto-rollback to {pointer['version']}: {decision.reason}")
+
+
+def safety_interventions(counts: dict[str, int]) -> int:
+    """Sum of the executor's intervention counters that are safety interventions."""
+    return sum(int(counts.get(k, 0)) for k in SAFETY_REASONS)

@@ -50,8 +50,10 @@ from wmpo_core.runtime.episode import EpisodeError, parse_event
 from wmpo_core.runtime.hotswap import contract_of, registry_root_of
 from wmpo_core.runtime.policies import load_policy
 from wmpo_core.runtime.topics import CHUNK_REQUEST_TOPIC, SIM_STATE_TOPIC
+from wmpo_core.runtime_monitor import MonitorConfig
 from wmpo_nodes.common import run_node
 from wmpo_nodes.hotswap import RegistryHotSwapper
+from wmpo_nodes.rollback import RollbackWatch
 from wmpo_nodes.runtime_msgs import EVENTS_QOS, LATCHED, chunk_to_msg, diagnostic_array, stamp_to_s
 
 TRIGGERS = ("request", "continuous")
@@ -163,8 +165,36 @@ class PolicyNode(LifecycleNode):
                 description="policy 'registry:ROOT': how often to check for a promoted version",
             ),
         )
+        self.declare_parameter(
+            "auto_rollback",
+            True,
+            ParameterDescriptor(
+                read_only=True,
+                description="policy 'registry:ROOT': roll a promoted version back when its real "
+                "success drops below the previous version's by a margin or safety "
+                "interventions spike (docs/registry.md)",
+            ),
+        )
+        self.declare_parameter(
+            "rollback_window_episodes",
+            40,
+            ParameterDescriptor(read_only=True, description="labelled episodes to judge it on"),
+        )
+        self.declare_parameter(
+            "rollback_min_episodes",
+            10,
+            ParameterDescriptor(read_only=True, description="no verdict before this many"),
+        )
+        self.declare_parameter(
+            "rollback_success_margin",
+            0.15,
+            ParameterDescriptor(
+                read_only=True, description="rollback below previous success minus this"
+            ),
+        )
         self.policy: ChunkPolicy | None = None
         self._swapper: RegistryHotSwapper | None = None
+        self._rollback: RollbackWatch | None = None
         self._configure_error = ""
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -265,6 +295,13 @@ class PolicyNode(LifecycleNode):
         self._version_pub.publish(String(data=self.policy.version))
         if registry is not None:
             self._start_swapper(registry, p)
+            if self.get_parameter("auto_rollback").value:
+                try:
+                    self._start_rollback_watch(registry)
+                except WmpoError as exc:
+                    self._configure_error = f"policy_node: {exc}"
+                    self.get_logger().error(self._configure_error)
+                    return TransitionCallbackReturn.FAILURE
         self.get_logger().info(
             f"policy '{self.policy.version}' loaded: chunk {self.policy.chunk_size} x "
             f"{len(self.policy.action_names)}, trigger '{p['trigger']}'"
@@ -297,6 +334,9 @@ class PolicyNode(LifecycleNode):
         if self._swapper is not None:
             self._swapper.stop()
             self._swapper = None
+        if self._rollback is not None:
+            self._rollback.stop()
+            self._rollback = None
         self._stop.set()
         self._wake.set()
         if self._worker is not None:
@@ -493,6 +533,15 @@ class PolicyNode(LifecycleNode):
             poll_s=self.get_parameter("registry_poll_s").value,
         )
         self._swapper.start()
+
+    def _start_rollback_watch(self, registry: Path) -> None:
+        config = MonitorConfig(
+            window_episodes=self.get_parameter("rollback_window_episodes").value,
+            min_episodes=self.get_parameter("rollback_min_episodes").value,
+            success_margin=self.get_parameter("rollback_success_margin").value,
+        )
+        self._rollback = RollbackWatch(self, registry, config)
+        self._subs += self._rollback.subscriptions
 
     def _install(self, candidate: ChunkPolicy) -> None:
         """Swap between chunks: inference takes the lock, so no chunk mixes two policies."""
