@@ -50,6 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cal-frac", type=float, default=0.2, help="training episodes for calibration")
     p.add_argument("--init", default=None, help="start from this reward-model checkpoint")
     p.add_argument("--imagined-from", default=None, help="world model: add re-imagined episodes")
+    p.add_argument(
+        "--negative-stride",
+        type=int,
+        default=8,
+        help="one negative window per this many frames of a failure (smaller: more negatives)",
+    )
     p.add_argument("--patch-size", type=int, default=None, help="tiny: spatial patch side")
     p.add_argument("--tubelet-size", type=int, default=None, help="tiny: frames per temporal patch")
     p.add_argument("--hidden-size", type=int, default=None, help="tiny: transformer width")
@@ -110,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
     start, epoch = time.monotonic(), 0
     bar = tqdm(total=int(args.minutes * 60), unit="s")
     while time.monotonic() - start < args.minutes * 60:
-        loss = _epoch(model, opt, sched, train, config, rng, args.batch_size, hard)
+        loss = _epoch(
+            model, opt, sched, train, config, rng, args.batch_size, hard, args.negative_stride
+        )
         epoch += 1
         bar.update(int(time.monotonic() - start) - bar.n)
         bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}")
@@ -181,10 +189,12 @@ def _hard_negatives(model: RewardModel, episodes, config) -> list[np.ndarray]:
     return out
 
 
-def _epoch(model, opt, sched, episodes, config, rng, batch_size: int, hard=()) -> float:
+def _epoch(
+    model, opt, sched, episodes, config, rng, batch_size: int, hard=(), stride: int = 8
+) -> float:
     clips, ys = list(hard), [0] * len(hard)
     for frames, y, success_step in episodes:
-        for idx, label in training_clips(frames, y, config.num_frames, rng, success_step):
+        for idx, label in training_clips(frames, y, config.num_frames, rng, success_step, stride):
             clips.append(frames[idx])
             ys.append(label)
     order = rng.permutation(len(clips))
@@ -217,14 +227,15 @@ def _heldout_agreement(model: RewardModel, args: argparse.Namespace) -> dict[str
     """Verdicts on the real frames of the held-out episodes (never trained or calibrated on)."""
     from wmpo_core.world_model.metrics import balanced_agreement
 
-    held = select_episodes(
-        args.data,
-        task=args.task,
-        split="heldout",
-        heldout_frac=args.heldout_frac,
-        labelled_only=True,
-    )
-    if not held:
+    try:
+        held = select_episodes(
+            args.data,
+            task=args.task,
+            split="heldout",
+            heldout_frac=args.heldout_frac,
+            labelled_only=True,
+        )
+    except WmpoError:  # no held-out split (--heldout-frac 0): nothing to report
         return {}
     truth = np.array([bool(m.success) for _, m in held])
     pred = np.array([model.detect_success(np.asarray(s.load(m.id).frames))[0] for s, m in held])

@@ -52,7 +52,7 @@ def training_clips(
     """Clip indices and labels of one episode (WMPO recipe, denser negatives).
 
     The final window of a success is positive (with a 0-2 frame jitter); when the step
-    at which the sim first flagged success is known, one more positive ends anywhere
+    at which the sim first flagged success is known, two more positives end anywhere
     from that step on. Negatives are *stratified*: one window ending in every `stride`
     frames of a failure (its final window included), and of a success before it
     succeeded (3 frames of margin; without a known step, its first 75 %). A failure's
@@ -73,7 +73,9 @@ def training_clips(
     if success:
         out.append((clip(t - 1 - int(rng.integers(0, min(3, t)))), 1))
         if success_step is not None and 3 <= success_step < t:
-            out.append((clip(int(rng.integers(success_step, t))), 1))
+            # Any window ending once the sim flagged success is a success: the verdict fires
+            # on the earliest window above threshold, so those are the ones that matter.
+            out += [(clip(int(rng.integers(success_step, t))), 1) for _ in range(2)]
             out += negatives(success_step - 2)
         else:
             out += negatives(max(1, int(0.75 * t)))
