@@ -39,6 +39,7 @@ def test_committed_lift_policy_through_the_nodes(tmp_path, ros_domain_id, capsys
     )
     assert rc == 0
     s = json.loads(report.read_text())
+    # The seeds come from the episode events, which carry the seed of the sim's reset.
     assert s["through_nodes"] and s["episodes"] == 2 and s["seeds"] == [100000, 100001]
     # policy_node announced the checkpoint it loaded: the one given on the command line.
     assert s["policy_version"] == load_policy_checkpoint(LIFT).version

@@ -120,6 +120,8 @@ class EpisodeResult:
     """Wall time from the start command to the label (reset included)."""
     active_seconds: float = 0.0
     """Wall time the episode ran (start to stop stamps of episode_node's events)."""
+    seed: int | None = None
+    """Seed of the scene (from the sim's reset answer, via the episode events)."""
 
 
 class Driver:
@@ -200,6 +202,7 @@ class Driver:
             policy_version=str(label.get("policy_version") or self.version),
             seconds=time.monotonic() - started,
             active_seconds=float(t1 - t0) if t0 is not None and t1 is not None else 0.0,
+            seed=label.get("seed"),
         )
 
     def close(self) -> None:

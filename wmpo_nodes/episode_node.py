@@ -16,6 +16,7 @@ With `label_from_sim` the sim's privileged success flag labels the episode
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 
@@ -135,6 +136,12 @@ class EpisodeNode(Node):
         result = future.result()
         if not result.success:
             raise EpisodeError(f"{SIM_RESET_SERVICE}: sim refused the reset: {result.message}")
+        # sim_node answers "reset TASK with seed N": the events then carry the seed of the
+        # scene this episode really starts from (stores and evaluations key on it).
+        found = re.search(r"with seed (-?\d+)", result.message)
+        if found:
+            with self._lock:
+                self.tracker.seed = int(found.group(1))
         return "sim reset"
 
     def _publish(self, event: EpisodeEvent) -> None:

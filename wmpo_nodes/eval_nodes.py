@@ -73,7 +73,7 @@ def evaluate_through_nodes(
                 r = driver.run_episode(graph, timeout_s)
                 result.episodes.append(
                     EpisodeResult(
-                        seed=seed_start + k,
+                        seed=r.seed if r.seed is not None else seed_start + k,
                         success=r.label == "success",
                         length=round(r.active_seconds * CONTROL_RATE_HZ),
                         seconds=r.seconds,
