@@ -308,6 +308,10 @@ def lifelong_loop(args, models: dict[str, Path], domain: int) -> list[dict]:
         "policy_node:use_privileged_state:=false",
         f"episode_node:task:={args.task}",
         f"episode_node:max_duration_s:={args.episode_timeout}",
+        # Auto-rollback judged on one block of episodes: a promoted version that does
+        # clearly worse on the robot than its parent is rolled back before the next cycle.
+        f"policy_node:rollback_window_episodes:={args.episodes}",
+        f"policy_node:rollback_min_episodes:={max(1, args.episodes // 2)}",
         f"recorder:output_dir:={bags.resolve()}",
         "recorder:min_free_mb:=512.0",
     ]
@@ -319,25 +323,35 @@ def lifelong_loop(args, models: dict[str, Path], domain: int) -> list[dict]:
             for cycle in range(args.cycles + 1):
                 version = driver.version
                 print(f"[cycle {cycle}] policy {version}: {args.episodes} real episodes")
-                wins = 0
+                wins, ran, rolled_back = 0, 0, ""
                 for k in range(args.episodes):
                     r = driver.run_episode(graph, args.episode_timeout)
-                    wins += r.label == "success"
+                    if r.policy_version == version:  # after an auto-rollback: not this one's
+                        wins += r.label == "success"
+                        ran += 1
                     print(
-                        f"  episode {k + 1}/{args.episodes}: {r.label} ({r.seconds:.0f} s)",
+                        f"  episode {k + 1}/{args.episodes}: {r.label} ({r.seconds:.0f} s, "
+                        f"{r.policy_version})",
                         flush=True,
                     )
+                    if driver.version != version and not rolled_back:
+                        rolled_back = driver.version
+                        print(f"  auto-rollback: policy_node now runs {rolled_back} "
+                              f"(see {registry}/promoted.json history)")  # fmt: skip
                 rows.append(
                     {
                         "cycle": cycle,
                         "version": version,
                         "successes": wins,
-                        "episodes": args.episodes,
+                        "episodes": ran,
+                        "rolled_back_to": rolled_back,
                     }
                 )
-                print(f"[cycle {cycle}] real success {wins}/{args.episodes} with {version}")
+                print(f"[cycle {cycle}] real success {wins}/{ran} with {version}")
                 if cycle == args.cycles:
                     break
+                if rolled_back:  # the episodes of the next cycle run on the restored version
+                    driver.spin_until(lambda: False, 1.0, graph)
                 print(f"[cycle {cycle + 1}] wmpo cycle (the robot keeps running)")
                 before = Registry(registry).promoted()
                 _wmpo(["cycle", "--workdir", str(args.workdir / "work"), "--registry", str(registry),
@@ -367,7 +381,7 @@ def plot_rows(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3))
     xs = [r["cycle"] for r in rows]
-    rates = [r["successes"] / r["episodes"] for r in rows]
+    rates = [r["successes"] / max(r["episodes"], 1) for r in rows]
     cis = [wilson(r["successes"], r["episodes"]) for r in rows]
     ax.errorbar(xs, rates, yerr=[[p - lo for p, (lo, _) in zip(rates, cis, strict=True)],
                                  [hi - p for p, (_, hi) in zip(rates, cis, strict=True)]],
@@ -407,7 +421,8 @@ def run(args: argparse.Namespace) -> int:
     print("\nreal success per cycle:")
     print(f"  {'cycle':<6} {'version':<10} success")
     for r in rows:
-        print(f"  {r['cycle']:<6} {r['version']:<10} {r['successes']}/{r['episodes']}")
+        back = f"  (auto-rolled back to {r['rolled_back_to']})" if r.get("rolled_back_to") else ""
+        print(f"  {r['cycle']:<6} {r['version']:<10} {r['successes']}/{r['episodes']}{back}")
     print(f"\nplot: {plot}\nreport: {args.workdir / 'work' / 'report.md'}")
     print(f"demo finished in {summary['minutes']} min")
     return 0
