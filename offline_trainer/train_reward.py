@@ -56,6 +56,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=8,
         help="one negative window per this many frames of a failure (smaller: more negatives)",
     )
+    p.add_argument(
+        "--backbone",
+        default="videomae",
+        choices=["videomae", "conv"],
+        help="tiny: transformers VideoMAE or a small CNN (docs/world_model.md)",
+    )
     p.add_argument("--patch-size", type=int, default=None, help="tiny: spatial patch side")
     p.add_argument("--tubelet-size", type=int, default=None, help="tiny: frames per temporal patch")
     p.add_argument("--hidden-size", type=int, default=None, help="tiny: transformer width")
@@ -95,7 +101,11 @@ def run(args: argparse.Namespace) -> int:
         )
     size = int(arrays[0][0].shape[1])
     config = RewardModelConfig(
-        preset=args.preset, image_size=size, base_path=args.base_path, **_architecture(args)
+        preset=args.preset,
+        image_size=size,
+        base_path=args.base_path,
+        backbone=args.backbone,
+        **_architecture(args),
     )
     model = RewardModel(config).train()
     if args.init:  # continue from a trained reward model (same architecture)

@@ -136,3 +136,24 @@ def test_train_cli_learns_the_toy_outcome_and_round_trips(tmp_path):
     clip = np.asarray(next(iter(store)).frames)[:8][None]
     assert again.config.threshold == 0.37
     assert np.allclose(again.clip_probs(clip), rm.clip_probs(clip), atol=1e-6)
+
+
+def test_conv_backbone_learns_the_toy_outcome_and_round_trips(tmp_path):
+    store = make_toy_store(tmp_path / "store", n=24, size=32, steps=30)
+    out = tmp_path / "rm"
+    rc = wmpo(
+        ["train", "reward", "--data", str(tmp_path / "store"), "--out", str(out),
+         "--backbone", "conv", "--max-epochs", "12", "--minutes", "2", "--heldout-frac", "0",
+         "--cal-frac", "0.25"]  # fmt: skip
+    )
+    assert rc == 0
+    rm = load_reward_model(out)
+    assert rm.config.backbone == "conv" and not (out / "videomae_config.json").exists()
+    verdicts = [(rm.detect_success(np.asarray(e.frames))[0], e.meta.success) for e in store]
+    assert np.mean([v == y for v, y in verdicts]) >= 0.8, verdicts
+    clip = np.asarray(next(iter(store)).frames)[:8][None]
+    assert np.allclose(load_reward_model(out).clip_probs(clip), rm.clip_probs(clip), atol=1e-6)
+    with pytest.raises(RewardModelError, match="backbone"):
+        RewardModelConfig(backbone="resnet")
+    with pytest.raises(RewardModelError, match="pretrained VideoMAE"):
+        RewardModelConfig(preset="base", backbone="conv", base_path="x")

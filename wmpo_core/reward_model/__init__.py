@@ -35,7 +35,9 @@ def save_reward_model(
         kind=KIND,
         config=model.config.to_dict(),
         state_dict=model.state_dict(),
-        extras={"videomae_config": model.net.config.to_dict()},
+        extras={"videomae_config": model.net.config.to_dict()}
+        if model.config.backbone == "videomae"
+        else {},
         manifest_fields=manifest_fields,
         overwrite=True,
     )
@@ -45,8 +47,8 @@ def load_reward_model(path: str | Path, device: str = "cpu") -> RewardModel:
     """Load a verified reward-model checkpoint (eval mode) with its calibrated threshold."""
     ckpt = load_checkpoint(path, kind=KIND)
     config = RewardModelConfig.from_dict(ckpt.config)
-    if "videomae_config" not in ckpt.extras:
+    if config.backbone == "videomae" and "videomae_config" not in ckpt.extras:
         raise RewardModelError(f"{path}: missing videomae_config.json; re-export the reward model")
-    model = RewardModel(config, hf_config=ckpt.extras["videomae_config"])
+    model = RewardModel(config, hf_config=ckpt.extras.get("videomae_config"))
     load_state_strict(model, ckpt.state_dict, str(path))
     return model.to(device).eval()

@@ -14,6 +14,7 @@ from typing import Any
 from wmpo_core.errors import WmpoError
 
 PRESETS = ("tiny", "base")
+BACKBONES = ("videomae", "conv")
 
 
 class RewardModelError(WmpoError):
@@ -24,6 +25,13 @@ class RewardModelError(WmpoError):
 class RewardModelConfig:
     preset: str = "tiny"
     """'tiny' (random init, CPU) or 'base' (VideoMAE weights from `base_path`)."""
+    backbone: str = "videomae"
+    """tiny only: 'videomae' (transformers VideoMAEForVideoClassification) or 'conv' (a
+    small CNN over the clip's frames stacked as channels, max- and mean-pooled). The
+    success cue on a 64 px frame is a 3-4 px cube: the CNN's max-pool finds it where the
+    tiny ViT, trained from scratch on ~200 episodes, did not (docs/world_model.md)."""
+    conv_channels: int = 64
+    """conv: width of the last conv stage."""
     image_size: int = 64
     """Frame side the classifier sees (frames must already have this size)."""
     num_frames: int = 8
@@ -48,6 +56,14 @@ class RewardModelConfig:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise RewardModelError(f"reward preset '{self.preset}' unknown; use one of {PRESETS}")
+        if self.backbone not in BACKBONES:
+            raise RewardModelError(
+                f"reward backbone '{self.backbone}' unknown; use one of {BACKBONES}"
+            )
+        if self.preset == "base" and self.backbone != "videomae":
+            raise RewardModelError(
+                "reward preset 'base' is a pretrained VideoMAE: backbone 'videomae'"
+            )
         if self.preset == "base" and not self.base_path:
             raise RewardModelError(
                 "reward preset 'base' needs base_path: a local VideoMAE checkpoint directory"

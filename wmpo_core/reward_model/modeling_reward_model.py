@@ -40,19 +40,48 @@ def build_videomae(config: RewardModelConfig) -> VideoMAEForVideoClassification:
     return VideoMAEForVideoClassification(hf)
 
 
+class ConvClipClassifier(torch.nn.Module):
+    """A clip's frames stacked as channels -> 5 conv layers (two stride 2) -> max + mean pool.
+
+    Max-pooling keeps a small, localised cue (the cube in the gripper, or left on the
+    table) that averaging over a whole frame dilutes."""
+
+    def __init__(self, config: RewardModelConfig):
+        super().__init__()
+        c, w = 3 * config.num_frames, config.conv_channels
+        half = max(w // 2, 8)
+        act = torch.nn.GELU
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(c, half, 3, padding=1), act(),
+            torch.nn.Conv2d(half, half, 3, padding=1, stride=2), act(),
+            torch.nn.Conv2d(half, w, 3, padding=1), act(),
+            torch.nn.Conv2d(w, w, 3, padding=1, stride=2), act(),
+            torch.nn.Conv2d(w, w, 3, padding=1), act(),
+        )  # fmt: skip
+        self.head = torch.nn.Linear(2 * w, 2)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = self.features(pixel_values.flatten(1, 2))  # [N, F*3, H, W]
+        return self.head(torch.cat([x.amax(dim=(2, 3)), x.mean(dim=(2, 3))], dim=1))
+
+
 class RewardModel(torch.nn.Module):
     """P(success) of clips; `detect_success` applies it to a whole episode."""
 
     def __init__(self, config: RewardModelConfig, hf_config: dict | None = None):
         super().__init__()
         self.config = config
-        if hf_config is not None:  # a saved model: its architecture, no base weights needed
+        if config.backbone == "conv":
+            self.net = ConvClipClassifier(config)
+        elif hf_config is not None:  # a saved model: its architecture, no base weights needed
             self.net = VideoMAEForVideoClassification(VideoMAEConfig.from_dict(hf_config))
         else:
             self.net = build_videomae(config)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Logits [N, 2] of normalised clips [N, F, 3, H, W]."""
+        if self.config.backbone == "conv":
+            return self.net(pixel_values)
         return self.net(pixel_values=pixel_values).logits
 
     @torch.no_grad()
