@@ -100,19 +100,29 @@ def run(args: argparse.Namespace) -> int:
             f"in {len(train)} labelled episodes (collect with --perturb-frac for failures)"
         )
     size = int(arrays[0][0].shape[1])
-    config = RewardModelConfig(
-        preset=args.preset,
-        image_size=size,
-        base_path=args.base_path,
-        backbone=args.backbone,
-        **_architecture(args),
-    )
-    model = RewardModel(config).train()
-    if args.init:  # continue from a trained reward model (same architecture)
+    if args.init:  # continue from a trained reward model: its architecture, its weights
+        from dataclasses import replace
+
         from wmpo_core.checkpoint import load_state_strict
         from wmpo_core.reward_model import load_reward_model
 
-        load_state_strict(model, load_reward_model(args.init).state_dict(), args.init)
+        init = load_reward_model(args.init)
+        if init.config.image_size != size:
+            raise WmpoError(
+                f"--init {args.init}: {init.config.image_size} px model, {size} px frames"
+            )
+        config = replace(init.config, threshold=0.5)
+        model = RewardModel(config, hf_config=_hf_config(init)).train()
+        load_state_strict(model, init.state_dict(), args.init)
+    else:
+        config = RewardModelConfig(
+            preset=args.preset,
+            image_size=size,
+            base_path=args.base_path,
+            backbone=args.backbone,
+            **_architecture(args),
+        )
+        model = RewardModel(config).train()
     hard = _hard_negatives(model, train, config) if args.init else []
     if hard:
         print(f"{len(hard)} hard negative windows (failure windows the init model scores > 0.3)")
@@ -160,6 +170,11 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"saved {args.out}")
     return 0
+
+
+def _hf_config(model: RewardModel) -> dict | None:
+    """The VideoMAE architecture of a loaded model (None for the conv backbone)."""
+    return model.net.config.to_dict() if model.config.backbone == "videomae" else None
 
 
 def _architecture(args: argparse.Namespace) -> dict[str, int]:

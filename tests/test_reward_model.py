@@ -153,6 +153,12 @@ def test_conv_backbone_learns_the_toy_outcome_and_round_trips(tmp_path):
     assert np.mean([v == y for v, y in verdicts]) >= 0.8, verdicts
     clip = np.asarray(next(iter(store)).frames)[:8][None]
     assert np.allclose(load_reward_model(out).clip_probs(clip), rm.clip_probs(clip), atol=1e-6)
+    # Fine-tuning (what `wmpo cycle` does) keeps the init model's architecture unasked.
+    rc = wmpo(
+        ["train", "reward", "--data", str(tmp_path / "store"), "--out", str(tmp_path / "rm2"),
+         "--init", str(out), "--max-epochs", "1", "--heldout-frac", "0", "--cal-frac", "0.25"]
+    )  # fmt: skip
+    assert rc == 0 and load_reward_model(tmp_path / "rm2").config.backbone == "conv"
     with pytest.raises(RewardModelError, match="backbone"):
         RewardModelConfig(backbone="resnet")
     with pytest.raises(RewardModelError, match="pretrained VideoMAE"):
