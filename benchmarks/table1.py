@@ -199,6 +199,8 @@ def run_task(runner: Runner, task: str, args, paths: dict[str, dict[str, str]]) 
             cmd = ["train", "reward", "--data", str(store), "--out", str(rm), "--task", task]
             if task in paths["demos"]:
                 cmd += ["--data", paths["demos"][task]]
+            if task in paths["reward_model"]:  # refresh a trained one (its architecture)
+                cmd += ["--init", paths["reward_model"][task]]
             cmd += ["--minutes", str(args.reward_minutes), *th]
             if not (rm / "manifest.json").is_file():
                 runner.wmpo(f"{task}_P{p}_reward", cmd)
@@ -266,6 +268,12 @@ def main() -> int:
     ap.add_argument("--policy", nargs="+", required=True, help="TASK=base policy checkpoint")
     ap.add_argument("--world-model", nargs="*", default=[], help="TASK=pretrained world model")
     ap.add_argument("--demos", nargs="*", default=[], help="TASK=labelled store for the reward")
+    ap.add_argument(
+        "--reward-model",
+        nargs="*",
+        default=[],
+        help="TASK=trained reward model to refresh (default: train one from scratch)",
+    )
     ap.add_argument("--eval-episodes", type=int, default=50)
     ap.add_argument("--eval-horizon", type=int, default=None, help="eval step limit (task's)")
     ap.add_argument(
@@ -287,6 +295,7 @@ def main() -> int:
         "policy": key_paths(args.policy, "policy"),
         "world_model": key_paths(args.world_model, "world-model"),
         "demos": key_paths(args.demos, "demos"),
+        "reward_model": key_paths(args.reward_model, "reward-model"),
     }
     tasks = [t for t in args.tasks if t in paths["policy"]]
     if args.quick:
