@@ -146,11 +146,22 @@ def run(args: argparse.Namespace) -> int:
             break
     bar.close()
     model.eval()
-    metrics = _calibrate(model, cal if cal else train)
-    print(
-        f"threshold {model.config.threshold:.3f}: calibration F1 {metrics['cal/f1']:.3f}, "
-        f"episode accuracy {metrics['cal/accuracy']:.3f} on {metrics['cal/episodes']} episodes"
-    )
+    if args.init and not _enough_to_calibrate(cal):
+        # A night's handful of episodes cannot set a threshold: F1 on 2 episodes is 1.0 at
+        # almost any value. Keep the one calibrated on the init model's larger split.
+        model.config.threshold = init.config.threshold
+        metrics = {"cal/threshold": init.config.threshold, "cal/episodes": len(cal)}
+        print(
+            f"threshold {init.config.threshold:.3f} kept from {args.init}: {len(cal)} "
+            f"calibration episodes (need {MIN_CALIBRATION_EPISODES} with both outcomes)"
+        )
+    else:
+        metrics = _calibrate(model, cal if cal else train)
+        print(
+            f"threshold {model.config.threshold:.3f}: calibration F1 {metrics['cal/f1']:.3f}, "
+            f"episode accuracy {metrics['cal/accuracy']:.3f} on {metrics['cal/episodes']} "
+            "episodes"
+        )
     metrics.update(_heldout_agreement(model, args))
     if "heldout/balanced_agreement" in metrics:
         print(
@@ -170,6 +181,14 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"saved {args.out}")
     return 0
+
+
+MIN_CALIBRATION_EPISODES = 10
+
+
+def _enough_to_calibrate(cal) -> bool:
+    labels = [y for _, y, _ in cal]
+    return len(cal) >= MIN_CALIBRATION_EPISODES and 0 < sum(labels) < len(labels)
 
 
 def _hf_config(model: RewardModel) -> dict | None:

@@ -158,7 +158,10 @@ def test_conv_backbone_learns_the_toy_outcome_and_round_trips(tmp_path):
         ["train", "reward", "--data", str(tmp_path / "store"), "--out", str(tmp_path / "rm2"),
          "--init", str(out), "--max-epochs", "1", "--heldout-frac", "0", "--cal-frac", "0.25"]
     )  # fmt: skip
-    assert rc == 0 and load_reward_model(tmp_path / "rm2").config.backbone == "conv"
+    refreshed = load_reward_model(tmp_path / "rm2")
+    assert rc == 0 and refreshed.config.backbone == "conv"
+    # Too few calibration episodes (24 x 0.25 < 10) to set a threshold: the init's is kept.
+    assert refreshed.config.threshold == rm.config.threshold
     with pytest.raises(RewardModelError, match="backbone"):
         RewardModelConfig(backbone="resnet")
     with pytest.raises(RewardModelError, match="pretrained VideoMAE"):
