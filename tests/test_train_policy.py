@@ -228,8 +228,8 @@ def test_committed_lift_policy_beats_random_on_unseen_seeds():
         horizon=100,
         progress=False,
     )
-    # The base policy is ~40 % on Lift within the task's 200 steps (docs/policy.md); with
-    # a 100-step cap on these 6 seeds it lifts once (greedy + seeded sim: deterministic).
+    # The committed policy is 92 % on Lift (46/50, docs/policy.md); greedy + seeded sim
+    # is deterministic, so this bar holds unless the weights or the sim change.
     assert random.successes == 0
-    assert learned.successes >= 1, learned.summary()
+    assert learned.successes >= 4, learned.summary()
     assert np.mean([e.length for e in learned.episodes if e.success]) < 100
