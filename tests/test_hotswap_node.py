@@ -155,9 +155,22 @@ def test_auto_rollback_on_a_planted_regression_swaps_the_previous_version_back(t
     v2 = reg.publish(_ckpt(tmp_path / "b", 1))
     node = NodeProcess(
         "wmpo_policy_node",
-        ["-p", f"policy:=registry:{reg.root}", "-p", "image_size:=64", "-p", "autostart:=true",
-         "-p", "registry_poll_s:=0.2", "-p", "rollback_window_episodes:=6",
-         "-p", "rollback_min_episodes:=3", "-p", "trigger:=continuous"],  # fmt: skip
+        [
+            "-p",
+            f"policy:=registry:{reg.root}",
+            "-p",
+            "image_size:=64",
+            "-p",
+            "autostart:=true",
+            "-p",
+            "registry_poll_s:=0.2",
+            "-p",
+            "rollback_window_episodes:=6",
+            "-p",
+            "rollback_min_episodes:=3",
+            "-p",
+            "trigger:=continuous",
+        ],  # fmt: skip
         log=tmp_path / "policy_node.log",
     ).start()
     context = rclpy.Context()

@@ -142,9 +142,24 @@ def test_conv_backbone_learns_the_toy_outcome_and_round_trips(tmp_path):
     store = make_toy_store(tmp_path / "store", n=24, size=32, steps=30)
     out = tmp_path / "rm"
     rc = wmpo(
-        ["train", "reward", "--data", str(tmp_path / "store"), "--out", str(out),
-         "--backbone", "conv", "--max-epochs", "12", "--minutes", "2", "--heldout-frac", "0",
-         "--cal-frac", "0.25"]  # fmt: skip
+        [
+            "train",
+            "reward",
+            "--data",
+            str(tmp_path / "store"),
+            "--out",
+            str(out),
+            "--backbone",
+            "conv",
+            "--max-epochs",
+            "12",
+            "--minutes",
+            "2",
+            "--heldout-frac",
+            "0",
+            "--cal-frac",
+            "0.25",
+        ]  # fmt: skip
     )
     assert rc == 0
     rm = load_reward_model(out)
