@@ -100,34 +100,29 @@ def test_bad_input_raises_reward_model_error():
     assert issubclass(RewardModelError, WmpoError)
 
 
-def test_train_cli_learns_the_toy_outcome_and_round_trips(tmp_path):
+def _train_toy(tmp_path, *extra: str):
+    """`wmpo train reward` on a 24-episode toy store -> (exit code, store, out dir)."""
     store = make_toy_store(tmp_path / "store", n=24, size=32, steps=30)
     out = tmp_path / "rm"
-    assert (
-        wmpo(
-            [
-                "train",
-                "reward",
-                "--data",
-                str(tmp_path / "store"),
-                "--out",
-                str(out),
-                "--max-epochs",
-                "12",
-                "--minutes",
-                "2",
-                "--heldout-frac",
-                "0",
-                "--cal-frac",
-                "0.25",
-            ]
-        )
-        == 0
-    )
+    rc = wmpo(
+        ["train", "reward", "--data", str(tmp_path / "store"), "--out", str(out),
+         "--max-epochs", "12", "--minutes", "2", "--heldout-frac", "0", "--cal-frac", "0.25",
+         *extra]
+    )  # fmt: skip
+    return rc, store, out
+
+
+def _toy_agreement(rm, store) -> tuple[float, list]:
+    verdicts = [(rm.detect_success(np.asarray(e.frames))[0], e.meta.success) for e in store]
+    return float(np.mean([v == y for v, y in verdicts])), verdicts
+
+
+def test_train_cli_learns_the_toy_outcome_and_round_trips(tmp_path):
+    rc, store, out = _train_toy(tmp_path)
+    assert rc == 0
     rm = load_reward_model(out)
     assert 0.0 <= rm.config.threshold <= 1.0
-    verdicts = [(rm.detect_success(np.asarray(e.frames))[0], e.meta.success) for e in store]
-    agree = np.mean([v == y for v, y in verdicts])
+    agree, verdicts = _toy_agreement(rm, store)
     assert agree >= 0.8, verdicts
     # Saving keeps the calibrated threshold and the exact scores.
     rm.config.threshold = 0.37
@@ -139,33 +134,12 @@ def test_train_cli_learns_the_toy_outcome_and_round_trips(tmp_path):
 
 
 def test_conv_backbone_learns_the_toy_outcome_and_round_trips(tmp_path):
-    store = make_toy_store(tmp_path / "store", n=24, size=32, steps=30)
-    out = tmp_path / "rm"
-    rc = wmpo(
-        [
-            "train",
-            "reward",
-            "--data",
-            str(tmp_path / "store"),
-            "--out",
-            str(out),
-            "--backbone",
-            "conv",
-            "--max-epochs",
-            "12",
-            "--minutes",
-            "2",
-            "--heldout-frac",
-            "0",
-            "--cal-frac",
-            "0.25",
-        ]  # fmt: skip
-    )
+    rc, store, out = _train_toy(tmp_path, "--backbone", "conv")
     assert rc == 0
     rm = load_reward_model(out)
     assert rm.config.backbone == "conv" and not (out / "videomae_config.json").exists()
-    verdicts = [(rm.detect_success(np.asarray(e.frames))[0], e.meta.success) for e in store]
-    assert np.mean([v == y for v, y in verdicts]) >= 0.8, verdicts
+    agree, verdicts = _toy_agreement(rm, store)
+    assert agree >= 0.8, verdicts
     clip = np.asarray(next(iter(store)).frames)[:8][None]
     assert np.allclose(load_reward_model(out).clip_probs(clip), rm.clip_probs(clip), atol=1e-6)
     # Fine-tuning (what `wmpo cycle` does) keeps the init model's architecture unasked.

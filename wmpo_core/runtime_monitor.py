@@ -18,10 +18,14 @@ regression with the default window.
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from wmpo_core.errors import WmpoError
+from wmpo_core.runtime.safety import CLAMPED, ESTOP, NONFINITE, STEP_LIMITED, WORKSPACE, WRONG_SHAPE
 
 KEEP = "keep"
 ROLLBACK = "rollback"
@@ -190,7 +194,7 @@ class RollbackMonitor:
 OUTCOMES_FILE = "episodes.jsonl"
 """Labelled real episodes per version, appended under the registry root (survives restarts)."""
 
-SAFETY_REASONS = ("nonfinite", "clamped", "step_limited", "workspace", "estop", "wrong_shape")
+SAFETY_REASONS = (NONFINITE, CLAMPED, STEP_LIMITED, WORKSPACE, ESTOP, WRONG_SHAPE)
 """Executor interventions that count as safety interventions (not the holds while a chunk
 is late: those measure inference latency, not the policy's behaviour)."""
 
@@ -216,8 +220,6 @@ class AutoRollback:
         self._judged: set[str] = set()
 
     def _load(self) -> list[EpisodeOutcome]:
-        import json
-
         out = []
         if self.path.is_file():
             for line in self.path.read_text().splitlines():
@@ -229,10 +231,6 @@ class AutoRollback:
         return out
 
     def _append(self, outcome: EpisodeOutcome, episode_id: str) -> None:
-        import json
-        import os
-        import time
-
         line = json.dumps(
             {
                 "version": outcome.version,

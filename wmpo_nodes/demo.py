@@ -363,8 +363,6 @@ def lifelong_loop(args, models: dict[str, Path], domain: int) -> list[dict]:
                 print(f"[cycle {cycle}] real success {wins}/{ran} with {version}")
                 if cycle == args.cycles:
                     break
-                if rolled_back:  # the episodes of the next cycle run on the restored version
-                    driver.spin_until(lambda: False, 1.0, graph)
                 print(f"[cycle {cycle + 1}] wmpo cycle (the robot keeps running)")
                 before = Registry(registry).promoted()
                 _wmpo(["cycle", "--workdir", str(args.workdir / "work"), "--registry", str(registry),

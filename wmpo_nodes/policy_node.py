@@ -414,6 +414,8 @@ class PolicyNode(LifecycleNode):
         except EpisodeError as exc:
             self.get_logger().error(str(exc))
             return
+        if self._rollback is not None:
+            self._rollback.on_event(event)
         if event.event == "start":
             with self._lock:
                 # Frames from before the start show the previous scene: never act on them.

@@ -1,7 +1,7 @@
 """Automatic rollback inside policy_node (registry mode): the ROS side of `AutoRollback`.
 
-Listens to the episode events (the label and the version that ran each episode) and to
-the executor's diagnostics (its safety-intervention counters), and hands one outcome per
+Fed the episode events policy_node already parses (the label and the version that ran
+each episode), and listening to the executor's diagnostics (its safety-intervention counters), and hands one outcome per
 labelled episode to `wmpo_core.runtime_monitor.AutoRollback`, off the ROS callback thread
 (a rollback verifies the target checkpoint's hashes). A rollback rewrites the registry's
 promoted pointer; the node's registry watcher then hot-swaps the previous version back
@@ -14,19 +14,17 @@ import queue
 import threading
 
 from diagnostic_msgs.msg import DiagnosticArray
-from std_msgs.msg import String
 
 from wmpo_core.errors import WmpoError
-from wmpo_core.interfaces import DIAGNOSTICS_TOPIC, EPISODE_TOPIC
+from wmpo_core.interfaces import DIAGNOSTICS_TOPIC
 from wmpo_core.registry import Registry
-from wmpo_core.runtime.episode import EpisodeError, parse_event
+from wmpo_core.runtime.episode import EpisodeEvent
 from wmpo_core.runtime_monitor import (
     AutoRollback,
     EpisodeOutcome,
     MonitorConfig,
     safety_interventions,
 )
-from wmpo_nodes.runtime_msgs import EVENTS_QOS
 
 EXECUTOR_STATUS = "wmpo/executor_node"
 INTERVENTION_PREFIX = "intervention_"
@@ -43,7 +41,6 @@ class RollbackWatch:
         self._recorded: set[str] = set()
         self._queue: queue.Queue = queue.Queue()
         self.subscriptions = [
-            node.create_subscription(String, EPISODE_TOPIC, self._on_event, EVENTS_QOS),
             node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, self._on_diag, 10),
         ]
         self._thread = threading.Thread(target=self._work, name="auto-rollback", daemon=True)
@@ -62,11 +59,8 @@ class RollbackWatch:
                     if kv.key.startswith(INTERVENTION_PREFIX) and kv.value.isdigit()
                 }
 
-    def _on_event(self, msg: String) -> None:
-        try:
-            event = parse_event(msg.data)
-        except EpisodeError:
-            return  # policy_node's own handler reports malformed events
+    def on_event(self, event: EpisodeEvent) -> None:
+        """An episode event, parsed by policy_node's /wmpo/episode subscription."""
         if event.event == "start":
             self._at_start = dict(self._counts)
         elif event.event == "label" and event.label and event.episode_id not in self._recorded:
