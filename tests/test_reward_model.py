@@ -155,3 +155,15 @@ def test_conv_backbone_learns_the_toy_outcome_and_round_trips(tmp_path):
         RewardModelConfig(backbone="resnet")
     with pytest.raises(RewardModelError, match="pretrained VideoMAE"):
         RewardModelConfig(preset="base", backbone="conv", base_path="x")
+
+
+def test_init_from_a_model_of_another_frame_size_is_refused(tmp_path, capsys):
+    rc, _, out = _train_toy(tmp_path, "--backbone", "conv", "--max-epochs", "1")
+    assert rc == 0
+    make_toy_store(tmp_path / "small", n=8, size=16, steps=20)
+    rc = wmpo(
+        ["train", "reward", "--data", str(tmp_path / "small"), "--out", str(tmp_path / "rm2"),
+         "--init", str(out), "--max-epochs", "1", "--heldout-frac", "0"]
+    )  # fmt: skip
+    assert rc == 1 and "32 px model, 16 px frames" in capsys.readouterr().err
+    assert not (tmp_path / "rm2").exists()
