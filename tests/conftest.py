@@ -23,15 +23,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+_DOMAINS_USED: set[int] = set()
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _module_ros_domain(request):
-    """Each test module gets its own ROS domain: a node one module leaves behind (or a
-    slow-dying one) can never publish into the next module's graph."""
+    """Each test module gets a ROS domain of its own, never used earlier in this session and
+    free on this machine when the module starts: a node one module leaves behind (or a
+    slow-dying one), or a demo running beside the suite, can never publish into its graph."""
     import zlib
 
-    base = int(os.environ["WMPO_TEST_DOMAIN_ID"])
-    offset = zlib.crc32(request.module.__name__.encode()) % 97
-    domain = (base + offset) % 101 + 1
+    seed = int(os.environ["WMPO_TEST_DOMAIN_ID"]) + zlib.crc32(request.module.__name__.encode())
+    domain = pick_domain_id(seed=seed, avoid=_DOMAINS_USED)
+    _DOMAINS_USED.add(domain)
     previous = os.environ.get("ROS_DOMAIN_ID")
     os.environ["ROS_DOMAIN_ID"] = str(domain)
     yield domain
