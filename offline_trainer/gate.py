@@ -3,8 +3,11 @@
 Both policies act greedily (as on the robot) inside the same frozen world model,
 from the same real initial frames, judged by the same reward model. The gate
 also refuses weights that are not finite (checked on load) and actions that are
-not sane: outside [-1, 1], NaN, or drifting far from the parent's on real frames
-(GRPO moves a policy a little per cycle; a large jump means something broke).
+not sane: outside [-1, 1], NaN, drifting far from the parent's on real frames
+(GRPO moves a policy a little per cycle; a large jump means something broke), or
+tripping the robot's safety filter (bounds, step limit) on its imagined rollouts
+far more often than the parent does: the demo's session-2 candidate passed every
+other check and then clamped 2.5x as often as its parent on the arm.
 """
 
 from __future__ import annotations
@@ -19,17 +22,52 @@ from offline_trainer.grpo.adapters import load_models
 from offline_trainer.grpo.config import GRPOConfig
 from offline_trainer.grpo.rollout import imagine_rollouts
 from offline_trainer.grpo.trainer import StoreInitialStates
+from wmpo_core.runtime.safety import SafetyConfig, SafetyFilter
 from wmpo_core.store import EpisodeStore
 
 MAX_MEAN_ACTION_SHIFT = 0.5  # mean |candidate - parent| per action dim, in [-1, 1] units
 # "Greedy" for the rollout API, which needs log-probs (T > 0): at 1e-3 a token whose logit
 # is 0.01 below the best is sampled with probability e^-10.
 GREEDY_TEMPERATURE = 1e-3
+# Safety-filter interventions per executed step on imagined rollouts: the candidate may
+# exceed its parent's rate by this factor plus this slack, no more.
+MAX_INTERVENTION_RATIO = 1.5
+INTERVENTION_SLACK = 0.05
 
 
-def _imagined_success(policy, imagination, reward, frames, instructions, max_chunks) -> float:
+class _ActionRecorder:
+    """Passes sample_chunk through and keeps the actions, so the gate can replay them."""
+
+    def __init__(self, policy) -> None:
+        self.policy, self.chunks = policy, []
+
+    def sample_chunk(self, images, instructions, temperature):
+        actions, tokens, logp = self.policy.sample_chunk(images, instructions, temperature)
+        self.chunks.append(np.asarray(actions, dtype=np.float64))
+        return actions, tokens, logp
+
+
+def intervention_rate(chunks: list[np.ndarray], chunk_mask: np.ndarray) -> float:
+    """Fraction of executed steps the executor's default safety filter would clamp or
+    step-limit, over every rollout's live chunks (chunks: [B, K, D] each; mask [B, C])."""
+    steps = hits = 0
+    for i in range(chunk_mask.shape[0]):
+        safety = SafetyFilter(SafetyConfig())
+        for c, chunk in enumerate(chunks):
+            if not chunk_mask[i, c]:
+                break
+            for action in chunk[i]:
+                command = safety.filter(action, now=0.0)
+                steps += 1
+                hits += bool(command is not None and command.reasons)
+    return hits / max(steps, 1)
+
+
+def _imagined_rollouts(policy, imagination, reward, frames, instructions, max_chunks):
+    """(imagined success rate, safety interventions per step) of greedy rollouts."""
+    recorder = _ActionRecorder(policy)
     batch = imagine_rollouts(
-        policy,
+        recorder,
         imagination,
         reward,
         frames,
@@ -37,7 +75,8 @@ def _imagined_success(policy, imagination, reward, frames, instructions, max_chu
         max_chunks=max_chunks,
         temperature=GREEDY_TEMPERATURE,
     )
-    return float(batch.success.float().mean())
+    rate = intervention_rate(recorder.chunks, batch.chunk_mask.numpy())
+    return float(batch.success.float().mean()), rate
 
 
 def _greedy_actions(policy, frames: torch.Tensor, instructions: list[str]) -> np.ndarray:
@@ -68,10 +107,10 @@ def evaluate_gate(
     frames = torch.from_numpy(_resize_batch(states.frames.numpy(), size))
     instructions = list(states.instructions)
     with torch.no_grad():
-        p_success = _imagined_success(
+        p_success, p_rate = _imagined_rollouts(
             parent_policy, imagination, detector, frames, instructions, max_chunks
         )
-        c_success = _imagined_success(
+        c_success, c_rate = _imagined_rollouts(
             cand_policy, imagination, detector, frames, instructions, max_chunks
         )
         p_act = _greedy_actions(parent_policy, frames, instructions)
@@ -83,6 +122,7 @@ def evaluate_gate(
         "finite_actions": finite,
         "actions_in_bounds": in_bounds,
         "action_shift_ok": shift <= MAX_MEAN_ACTION_SHIFT,
+        "safety_interventions_ok": c_rate <= MAX_INTERVENTION_RATIO * p_rate + INTERVENTION_SLACK,
         "beats_parent": c_success > p_success + margin,
     }
     failed = [k for k, ok in checks.items() if not ok]
@@ -92,6 +132,8 @@ def evaluate_gate(
         "parent_imagined_success": p_success,
         "candidate_imagined_success": c_success,
         "mean_action_shift": shift,
+        "parent_interventions_per_step": p_rate,
+        "candidate_interventions_per_step": c_rate,
         "initial_states": len(instructions),
         "max_chunks": max_chunks,
         "checks": checks,

@@ -92,7 +92,10 @@ def run(args: argparse.Namespace) -> int:
         train += [
             (f, *y) for f, y, i in zip(imagined, labels, ids, strict=True) if i not in cal_ids
         ]
-        cal += [(f, *y) for f, y, i in zip(imagined, labels, ids, strict=True) if i in cal_ids]
+        # The threshold is set on imagined episodes only: GRPO thresholds imagined frames,
+        # which score lower than camera frames (a threshold fit on real frames sat at 0.999
+        # and judged every imagined rollout a failure, docs/world_model.md).
+        cal = [(f, *y) for f, y, i in zip(imagined, labels, ids, strict=True) if i in cal_ids]
     n_pos = sum(y for _, y, _ in train)
     if n_pos == 0 or n_pos == len(train):
         raise WmpoError(
@@ -164,10 +167,16 @@ def run(args: argparse.Namespace) -> int:
         )
     metrics.update(_heldout_agreement(model, args))
     if "heldout/balanced_agreement" in metrics:
+        imagined_note = (
+            f", on their imagined replays {metrics['heldout/imagined_balanced_agreement']:.3f}"
+            if "heldout/imagined_balanced_agreement" in metrics
+            else ""
+        )
         print(
             f"held-out real episodes: balanced agreement "
             f"{metrics['heldout/balanced_agreement']:.3f} on {metrics['heldout/episodes']} "
-            f"({metrics['heldout/successes']} successes); always-success baseline 0.500"
+            f"({metrics['heldout/successes']} successes){imagined_note}; "
+            "always-success baseline 0.500"
         )
     save_reward_model(
         args.out,
@@ -282,12 +291,18 @@ def _heldout_agreement(model: RewardModel, args: argparse.Namespace) -> dict[str
     except WmpoError:  # no held-out split (--heldout-frac 0): nothing to report
         return {}
     truth = np.array([bool(m.success) for _, m in held])
-    pred = np.array([model.detect_success(np.asarray(s.load(m.id).frames))[0] for s, m in held])
-    return {
+    arrays = load_arrays(held)
+    pred = np.array([model.detect_success(frames)[0] for frames, _ in arrays])
+    out = {
         "heldout/balanced_agreement": balanced_agreement(pred, truth),
         "heldout/episodes": len(held),
         "heldout/successes": int(truth.sum()),
     }
+    if args.imagined_from:  # the verdicts GRPO relies on: the same episodes, imagined
+        imagined = _imagine(args.imagined_from, arrays)
+        pred = np.array([model.detect_success(frames)[0] for frames in imagined])
+        out["heldout/imagined_balanced_agreement"] = balanced_agreement(pred, truth)
+    return out
 
 
 def _success_step(meta) -> int | None:

@@ -42,7 +42,9 @@ def test_cycle_runs_every_stage_and_publishes_a_gated_candidate(tmp_path):
     gate = json.loads((run / "gate.json").read_text())
     assert set(gate["checks"]) == {
         "finite_actions", "actions_in_bounds", "action_shift_ok", "beats_parent",
+        "safety_interventions_ok",
     }  # fmt: skip
+    assert 0.0 <= gate["candidate_interventions_per_step"] <= 1.0
     reg = Registry(reg.root)
     assert reg.versions() == ["v0001", "v0002"]
     manifest = reg.manifest("v0002")
