@@ -94,6 +94,21 @@ class Publisher:
             timeout,
         )
         assert ok, "the recorder never subscribed to every topic"
+        # Both sides must have matched: a best-effort reader drops samples from a writer it
+        # has not discovered yet (the first camera frames went missing on a loaded machine).
+        ok = wait_for(
+            self.executor,
+            lambda: self._recorder_sees_publishers(set(self.pubs)),
+            timeout,
+        )
+        assert ok, f"the recorder never matched these publishers: {self.diagnostics[-1:]}"
+
+    def _recorder_sees_publishers(self, topics: set[str]) -> bool:
+        if not self.diagnostics:
+            return False
+        values = {kv.key: kv.value for kv in self.diagnostics[-1].status[0].values}
+        unmatched = values.get("topics_without_publisher", "['?']")
+        return not any(f"'{t}'" in unmatched for t in topics) and unmatched != "['?']"
 
     def publish(self, topic: str, msg) -> None:
         self.pubs[topic].publish(msg)
@@ -146,6 +161,9 @@ def wait_closed(bag: Path, timeout: float = 20.0) -> None:
     raise AssertionError(f"{bag} was not closed within {timeout} s")
 
 
+RECORDED_STREAMS = (CAMERA_TOPIC, JOINT_STATES_TOPIC, TWIST_COMMAND_TOPIC, GRIPPER_COMMAND_TOPIC)
+
+
 def test_record_episode_read_back_with_rosbags_and_rclpy(tmp_path, ros_context):
     from rclpy.serialization import deserialize_message
     from std_msgs.msg import Float64, String
@@ -167,8 +185,14 @@ def test_record_episode_read_back_with_rosbags_and_rclpy(tmp_path, ros_context):
             pub.publish(GRIPPER_COMMAND_TOPIC, Float64(data=float(i % 2)))
             pub.executor.spin_once(timeout_sec=0.02)
         # Topics are delivered independently: let the last messages arrive before the stop
-        # event (the recorder closes the bag at the stop; later messages are not in it).
-        wait_for(pub.executor, lambda: False, 0.5)
+        # event (the recorder closes the bag at the stop; later messages are not in it). Wait
+        # on the recorder's own written counts: a fixed 0.5 s lost frames on a loaded CPU.
+        # (A frame that never arrives fails the equality check below, as it should.)
+        wait_for(
+            pub.executor,
+            lambda: all(_written(pub, t) >= len(pub.sent[t]) for t in RECORDED_STREAMS),
+            15,
+        )
         pub.event("stop", "ep-a")
         bag = out / "ep-a"
         wait_closed(bag)
@@ -187,7 +211,7 @@ def test_record_episode_read_back_with_rosbags_and_rclpy(tmp_path, ros_context):
     for m in iter_messages(bag):
         # rclpy reads the bytes rosbags wrote, exactly as they came off the wire.
         got.setdefault(m.topic, []).append(deserialize_message(m.data, message_class(m.msgtype)))
-    for topic in (CAMERA_TOPIC, JOINT_STATES_TOPIC, TWIST_COMMAND_TOPIC, GRIPPER_COMMAND_TOPIC):
+    for topic in RECORDED_STREAMS:
         assert got[topic] == pub.sent[topic], f"{topic}: recorded messages differ from sent"
     assert [json.loads(e.data)["event"] for e in got[EPISODE_TOPIC]] == ["start", "stop"]
     assert got[INSTRUCTION_TOPIC] == [String(data="lift the red cube")]
@@ -204,15 +228,20 @@ def test_record_episode_read_back_with_rosbags_and_rclpy(tmp_path, ros_context):
     assert status.name == "wmpo recorder" and status.level == b"\x00"
 
 
-def _joint_states_written(pub: Publisher) -> int:
-    """Joint states the recorder says it wrote, from its latest /diagnostics (0 before any)."""
+def _written(pub: Publisher, topic: str) -> int:
+    """Messages of `topic` the recorder says it wrote in the current episode, from its latest
+    /diagnostics (0 before any)."""
     import ast
 
     for msg in reversed(pub.diagnostics):
         for kv in msg.status[0].values:
             if kv.key == "episode_topic_messages":
-                return int(ast.literal_eval(kv.value).get(JOINT_STATES_TOPIC, 0))
+                return int(ast.literal_eval(kv.value).get(topic, 0))
     return 0
+
+
+def _joint_states_written(pub: Publisher) -> int:
+    return _written(pub, JOINT_STATES_TOPIC)
 
 
 def test_sigkill_mid_episode_then_verify_and_repair(tmp_path, ros_context, capsys):
@@ -324,3 +353,18 @@ def test_teleop_expert_drives_sim_and_recorder_records_it(tmp_path, capsys):
     # Frames published before the first command / after the last have no command near them.
     assert gaps <= len(ep.frames) - 25, f"{gaps} of {len(ep.frames)} frames unaligned"
     assert np.abs(ep.actions[:, :3]).max() > 0.05, "the expert's motion must reach the store"
+
+
+def test_diagnostics_name_a_recorded_topic_nobody_publishes(tmp_path, ros_context):
+    wrist = "/wrist_camera/image_raw"
+    rec, _ = start_recorder(
+        tmp_path, topics=[*TOPICS, f"{wrist} sensor_msgs/msg/Image sensor_data"]
+    )
+    pub = Publisher(ros_context)
+    try:
+        pub.wait_matched()  # every topic the test publishes is matched on the recorder's side
+        values = {kv.key: kv.value for kv in pub.diagnostics[-1].status[0].values}
+    finally:
+        pub.close()
+        rec.stop()
+    assert values["topics_without_publisher"] == f"['{wrist}']"

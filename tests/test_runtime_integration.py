@@ -293,7 +293,20 @@ def test_scripted_policy_lifts_the_cube_through_policy_and_executor_nodes(probe,
 
 
 def test_estop_mid_chunk_halts_within_one_period_until_reset(probe, sim_graph):
+    # An e-stop button's node is up long before it is pressed: wait for DDS to match this
+    # fresh publisher with the executor (on a loaded machine that took 0.8 s, and the latched
+    # e-stop then arrived late).
+    assert probe.wait(lambda: probe.estop_pub.get_subscription_count() >= 1, 10)
     _start_episode(probe, sim_graph)
+    try:
+        _estop_mid_chunk(probe)
+    finally:  # never leave the shared graph halted for the next test
+        probe.estop_pub.publish(Bool(data=False))
+        probe.spin(0.5)
+        probe.call(ESTOP_RESET_SERVICE)
+
+
+def _estop_mid_chunk(probe: Probe) -> None:
     assert probe.wait(lambda: _moving(probe), 20), "the arm never started moving"
     probe.spin(0.3)  # mid-chunk: chunks are 8 actions (0.4 s)
     t_estop = time.monotonic()
@@ -343,9 +356,14 @@ def test_killed_policy_node_leaves_the_arm_holding_still(probe, sim_graph):
     assert sim_graph["executor"].alive() and sim_graph["sim"].alive()
 
 
-def test_policy_node_lifecycle_transitions_without_autostart(probe):
+def test_policy_node_lifecycle_transitions_without_autostart(probe, sim_graph):
     from lifecycle_msgs.msg import State, Transition
     from lifecycle_msgs.srv import ChangeState, GetState
+
+    # The shared graph's policy_node has the same name and topics: this test needs the
+    # domain to itself (the graph's last user, the killed-policy test, is done with it).
+    for process in sim_graph.values():
+        process.stop()
 
     versions: list[str] = []
     probe.node.create_subscription(

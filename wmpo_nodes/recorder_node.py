@@ -147,6 +147,10 @@ class RecorderNode(Node):
             level, text = DiagnosticStatus.OK, s["state"]
         status = DiagnosticStatus(level=level, name="wmpo recorder", message=text)
         status.hardware_id = self.config.robot or self.config.source
+        # A camera that never connected records nothing: say which topics have no publisher.
+        s["topics_without_publisher"] = [
+            sub.topic_name for sub in self._subs if sub.get_publisher_count() == 0
+        ]
         status.values = [KeyValue(key=k, value=str(v)) for k, v in s.items()]
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()

@@ -113,6 +113,7 @@ class SimNode(Node):
         self.latest: tuple[np.ndarray, float] | None = None  # accepted twist action, stamp
         self.held_steps = 0
         self._sim_lock = threading.Lock()  # the arm is stepped from the timer, twists, reset
+        self._closed = False
 
         self.pub_image = self.create_publisher(Image, CAMERA_TOPIC, qos_profile_sensor_data)
         self.pub_joints = self.create_publisher(JointState, JOINT_STATES_TOPIC, 10)
@@ -207,6 +208,8 @@ class SimNode(Node):
     # -- stepping and publishing ---------------------------------------------------
     def _step(self, action: np.ndarray) -> None:
         with self._sim_lock:
+            if self._closed:  # a twist that arrived during shutdown
+                return
             obs = self.arm.step(action)
             self.total_steps += 1
             self._publish(obs)
@@ -229,6 +232,9 @@ class SimNode(Node):
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response):
         seed = int(self.get_parameter("seed").value)
         with self._sim_lock:
+            if self._closed:
+                response.success, response.message = False, "sim_node is shutting down"
+                return response
             self.latest = None
             if self.lockstep:
                 self.total_steps += 1  # a reset takes one period of sim time: unique stamps
@@ -269,7 +275,9 @@ class SimNode(Node):
         self.pub_diag.publish(array)
 
     def close(self) -> None:
-        self.arm.close()
+        with self._sim_lock:  # never while a callback is stepping the arm
+            self._closed = True
+            self.arm.close()
 
 
 def main(args: list[str] | None = None) -> int:
