@@ -66,6 +66,10 @@ class CycleConfig:
     """Initial frames the gate imagines parent and candidate from."""
     gate_margin: float = 0.0
     """Candidate's imagined success must exceed the parent's by more than this."""
+    gate_min_agreement: float = 0.75
+    """Promote on imagined evidence only when the world + reward models, replaying the newest
+    labelled real episodes' actions, agree with their real labels at least this often
+    (balanced; both outcomes needed). 0 turns the check off (docs/cycle.md)."""
     promote: bool = True
     """Promote a version that passes the gate (else only publish it)."""
     threads: int = 2
@@ -81,6 +85,8 @@ class CycleConfig:
                 f"budgets must be >= 0 (wm {self.wm_minutes}, reward {self.reward_minutes}, "
                 f"grpo {self.grpo_iterations})"
             )
+        if not 0.0 <= self.gate_min_agreement <= 1.0:
+            raise WmpoError(f"gate_min_agreement must be in [0, 1], got {self.gate_min_agreement}")
 
     @property
     def store(self) -> Path:
@@ -247,10 +253,11 @@ def stage_grpo(cfg: CycleConfig):
 
 def stage_gate(cfg: CycleConfig):
     def run(ctx: RunContext) -> dict[str, Any]:
-        from offline_trainer.gate import evaluate_gate
+        from offline_trainer.gate import AGREEMENT_EPISODES, evaluate_gate
         from wmpo_core.store import EpisodeStore
 
         metas = _task_episodes(EpisodeStore(cfg.store), cfg.task)
+        labelled = [m.id for m in metas if m.success is not None][-AGREEMENT_EPISODES:]
         result = evaluate_gate(
             parent=ctx.output("grpo", "parent_dir"),
             candidate=ctx.output("grpo", "candidate"),
@@ -259,12 +266,18 @@ def stage_gate(cfg: CycleConfig):
             store=cfg.store,
             episodes=[m.id for m in metas][-cfg.gate_states :],
             margin=cfg.gate_margin,
+            labelled_episodes=labelled,
+            min_agreement=cfg.gate_min_agreement,
         )
         atomic_write_json(ctx.run_dir / "gate.json", result)
         verdict = "PASS" if result["passed"] else "FAIL"
+        agreement = result["imagination_agreement"]
         print(
             f"    gate {verdict}: imagined success parent {result['parent_imagined_success']:.2f} "
-            f"-> candidate {result['candidate_imagined_success']:.2f}; {result['reason']}"
+            f"-> candidate {result['candidate_imagined_success']:.2f}; imagination agrees with "
+            f"reality {agreement['agreement']:.2f} on {agreement['episodes']} labelled episodes "
+            f"({agreement['successes']} successes; need {cfg.gate_min_agreement:.2f}); "
+            f"{result['reason']}"
         )
         return result
 
@@ -375,6 +388,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grpo-set", nargs="*", default=[], help="GRPOConfig FIELD=JSON")
     parser.add_argument("--gate-states", type=int, default=24)
     parser.add_argument("--gate-margin", type=float, default=0.0)
+    parser.add_argument(
+        "--gate-min-agreement",
+        type=float,
+        default=0.75,
+        help="promote only if the world+reward models' verdicts on re-imagined recent real "
+        "episodes match their labels this often (balanced; 0: off)",
+    )
     parser.add_argument("--no-promote", action="store_true", help="publish only")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
@@ -397,6 +417,7 @@ def config_from_args(args: argparse.Namespace) -> CycleConfig:
         grpo_set=list(args.grpo_set),
         gate_states=args.gate_states,
         gate_margin=args.gate_margin,
+        gate_min_agreement=args.gate_min_agreement,
         promote=not args.no_promote,
         threads=args.threads,
         dry_run=args.dry_run,

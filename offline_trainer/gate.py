@@ -8,6 +8,12 @@ not sane: outside [-1, 1], NaN, drifting far from the parent's on real frames
 tripping the robot's safety filter (bounds, step limit) on its imagined rollouts
 far more often than the parent does: the demo's session-2 candidate passed every
 other check and then clamped 2.5x as often as its parent on the arm.
+
+Imagined success is evidence only where imagination agrees with reality: the gate
+replays the newest labelled real episodes' own actions in the world model and asks
+the reward model for a verdict on each; the balanced agreement with the real labels
+must reach `min_agreement`. The demo's session-3 candidate that went 0.00 -> 0.58 in
+imagination and 0/12 on the robot came from a pair that agreed 0.45 (chance) there.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ GREEDY_TEMPERATURE = 1e-3
 # exceed its parent's rate by this factor plus this slack, no more.
 MAX_INTERVENTION_RATIO = 1.5
 INTERVENTION_SLACK = 0.05
+AGREEMENT_EPISODES = 48  # newest labelled real episodes replayed for the agreement check
 
 
 class _ActionRecorder:
@@ -84,6 +91,41 @@ def _greedy_actions(policy, frames: torch.Tensor, instructions: list[str]) -> np
     return np.asarray(actions, dtype=np.float64)
 
 
+def imagination_agreement(
+    world_model: str | Path, reward: str | Path, store: EpisodeStore, episodes: list[str]
+) -> dict[str, Any]:
+    """Balanced agreement between the reward model's verdict on each episode re-imagined
+    from its first frame and real actions, and the episode's real label."""
+    from wmpo_core.reward_model import load_reward_model
+    from wmpo_core.world_model import load_world_model
+    from wmpo_core.world_model.metrics import balanced_agreement
+
+    wm, rm = load_world_model(world_model), load_reward_model(reward)
+    truth, verdicts = [], []
+    for episode_id in episodes:
+        meta, ep = store.meta(episode_id), store.load(episode_id)
+        frames = np.asarray(ep.frames)
+        actions = np.asarray(ep.actions, dtype=np.float32)
+        imagined = wm.rollout_actions(frames[None, 0], actions[None, :-1])[0]
+        verdicts.append(bool(rm.detect_success(np.concatenate([frames[:1], imagined]))[0]))
+        truth.append(bool(meta.success))
+    truth_a = np.array(truth, dtype=bool)
+    both = 0 < truth_a.sum() < len(truth_a)
+    return {
+        "agreement": balanced_agreement(np.array(verdicts), truth_a) if both else float("nan"),
+        "episodes": len(truth),
+        "successes": int(truth_a.sum()),
+        "imagined_successes": int(sum(verdicts)),
+    }
+
+
+def _agreement_check(record: dict[str, Any], min_agreement: float) -> bool:
+    if min_agreement <= 0:
+        return True
+    agreement = record["agreement"]
+    return bool(np.isfinite(agreement) and agreement >= min_agreement)
+
+
 def evaluate_gate(
     *,
     parent: str | Path,
@@ -94,8 +136,12 @@ def evaluate_gate(
     episodes: list[str],
     margin: float = 0.0,
     max_chunks: int | None = None,
+    labelled_episodes: list[str] | None = None,
+    min_agreement: float = 0.0,
 ) -> dict[str, Any]:
-    """Returns the gate record: both imagined success rates, action checks, passed, reason."""
+    """Returns the gate record: both imagined success rates, action checks, the imagination
+    agreement on `labelled_episodes` (checked against `min_agreement` when > 0), passed,
+    reason."""
     max_chunks = max_chunks or GRPOConfig.for_preset("tiny").max_chunks
     states = StoreInitialStates(EpisodeStore(store), episodes)
     torch.manual_seed(0)
@@ -115,6 +161,9 @@ def evaluate_gate(
         )
         p_act = _greedy_actions(parent_policy, frames, instructions)
         c_act = _greedy_actions(cand_policy, frames, instructions)
+    agreement = imagination_agreement(
+        world_model, reward, EpisodeStore(store), list(labelled_episodes or [])
+    )
     finite = bool(np.isfinite(c_act).all())
     in_bounds = bool(finite and np.abs(c_act).max() <= 1.0 + 1e-6)
     shift = float(np.abs(c_act - p_act).mean()) if finite else float("inf")
@@ -124,6 +173,7 @@ def evaluate_gate(
         "action_shift_ok": shift <= MAX_MEAN_ACTION_SHIFT,
         "safety_interventions_ok": c_rate <= MAX_INTERVENTION_RATIO * p_rate + INTERVENTION_SLACK,
         "beats_parent": c_success > p_success + margin,
+        "imagination_agrees_with_reality": _agreement_check(agreement, min_agreement),
     }
     failed = [k for k, ok in checks.items() if not ok]
     return {
@@ -134,6 +184,8 @@ def evaluate_gate(
         "mean_action_shift": shift,
         "parent_interventions_per_step": p_rate,
         "candidate_interventions_per_step": c_rate,
+        "imagination_agreement": agreement,
+        "min_agreement": min_agreement,
         "initial_states": len(instructions),
         "max_chunks": max_chunks,
         "checks": checks,

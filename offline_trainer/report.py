@@ -136,9 +136,9 @@ def write_report(workdir: Path, registry: Path, task: str | None = None) -> Path
         lines += ["", "![real success](report/real_success.png)", ""]
     lines += ["## Cycles: imagined vs real", ""]
     lines += [
-        "| cycle | parent | new episodes | imagined parent → candidate | gate | published | "
-        "promoted | real success of the new version |",
-        "|---|---|---|---|---|---|---|---|",
+        "| cycle | parent | new episodes | imagined parent → candidate | imagination agrees "
+        "with reality | gate | published | promoted | real success of the new version |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for rec in records:
         gate = rec["gate"] or {}
@@ -148,12 +148,14 @@ def write_report(workdir: Path, registry: Path, task: str | None = None) -> Path
             if gate
             else "-"
         )
+        agreement = (gate.get("imagination_agreement") or {}).get("agreement")
+        agreement_text = "-" if agreement is None else f"{agreement:.2f}"
         version = rec["version"] or "-"
         real_new = real.get(version, {})
         real_text = f"{real_new['rate']:.2f} (n={real_new['n']})" if real_new else "not yet run"
         lines.append(
             f"| {rec['cycle']} | {rec['parent'] or '-'} | {rec['new_episodes']} | {imagined} | "
-            f"{gate.get('reason', '-')} | {version} | {rec['promoted']} | {real_text} |"
+            f"{agreement_text} | {gate.get('reason', '-')} | {version} | {rec['promoted']} | {real_text} |"
         )
     lines += ["", "![GRPO curves](report/grpo_curves.png)", ""]
     lines += ["## Stage times (s) and imagined-rollout videos", ""]

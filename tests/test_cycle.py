@@ -8,6 +8,7 @@ import shutil
 
 from wmpo_core.cli import main as wmpo_main
 from wmpo_core.registry import Registry
+from wmpo_core.store import EpisodeStore
 
 
 def test_cycle_runs_every_stage_and_publishes_a_gated_candidate(tmp_path):
@@ -42,15 +43,31 @@ def test_cycle_runs_every_stage_and_publishes_a_gated_candidate(tmp_path):
     gate = json.loads((run / "gate.json").read_text())
     assert set(gate["checks"]) == {
         "finite_actions", "actions_in_bounds", "action_shift_ok", "beats_parent",
-        "safety_interventions_ok",
+        "safety_interventions_ok", "imagination_agrees_with_reality",
     }  # fmt: skip
     assert 0.0 <= gate["candidate_interventions_per_step"] <= 1.0
+    # The agreement check replayed every labelled Lift episode of the store; with one outcome
+    # only it cannot judge (NaN) and the default floor 0.75 then refuses to trust imagination.
+    store = EpisodeStore(work / "store")
+    labels = [m.success for m in store.metas() if m.task == "Lift" and m.success is not None]
+    agreement = gate["imagination_agreement"]
+    assert agreement["episodes"] == len(labels) and agreement["successes"] == sum(labels)
+    assert gate["min_agreement"] == 0.75
+    if 0 < sum(labels) < len(labels):
+        assert 0.0 <= agreement["agreement"] <= 1.0
+        trusted = agreement["agreement"] >= 0.75
+    else:
+        assert agreement["agreement"] != agreement["agreement"]  # NaN
+        trusted = False
+    assert gate["checks"]["imagination_agrees_with_reality"] == trusted
     reg = Registry(reg.root)
     assert reg.versions() == ["v0001", "v0002"]
     manifest = reg.manifest("v0002")
     assert manifest["parent"] == "v0001" and manifest["gates"]["passed"] == gate["passed"]
     assert reg.promoted() == ("v0002" if gate["passed"] else "v0001")
-    assert (work / "report.md").read_text().startswith("# wmpo cycle report")
+    report = (work / "report.md").read_text()
+    assert report.startswith("# wmpo cycle report")
+    assert "imagination agrees with reality" in report
     assert json.loads((work / "models.json").read_text())["world_model"] == str(models / "wm")
     # A finished cycle is not re-run: the next invocation starts c0002.
     assert wmpo_main([*args, "--dry-run"]) == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from offline_trainer.gate import intervention_rate
+from offline_trainer.gate import _agreement_check, intervention_rate
 
 
 def _chunk(rows: list[list[float]]) -> np.ndarray:
@@ -30,3 +30,12 @@ def test_chunks_after_a_rollout_ended_are_not_counted():
     mask = np.array([[True, False]])  # the rollout ended (success) after its first chunk
     assert intervention_rate([good, bad], mask) == 0.0
     assert intervention_rate([good, bad], np.ones((1, 2), bool)) == 4 / 8
+
+
+def test_imagination_agreement_floor():
+    record = {"agreement": 0.45}
+    assert not _agreement_check(record, 0.75)  # the demo's session-3 pair: refused
+    assert _agreement_check({"agreement": 0.8}, 0.75)
+    # One outcome only among the recent episodes: agreement cannot be judged, so no trust.
+    assert not _agreement_check({"agreement": float("nan")}, 0.75)
+    assert _agreement_check({"agreement": float("nan")}, 0.0)  # the check turned off

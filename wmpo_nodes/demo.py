@@ -53,6 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grpo-iterations", type=int, default=6)
     parser.add_argument("--episode-timeout", type=float, default=20.0, help="seconds per episode")
     parser.add_argument(
+        "--gate-min-agreement",
+        type=float,
+        default=0.0,
+        help="the cycle gate's imagination-agreement floor (wmpo cycle's default is 0.75; the "
+        "demo's tiny world model agrees ~0.5, so 0.75 would refuse every candidate and the "
+        "hot-swap would never run: the demo turns it off and lets auto-rollback judge)",
+    )
+    parser.add_argument(
         "--from-scratch",
         action="store_true",
         help="train base policy, world model and reward model here instead of using assets/",
@@ -307,6 +315,12 @@ def lifelong_loop(args, models: dict[str, Path], domain: int) -> list[dict]:
     from wmpo_core.registry import Registry
 
     registry = args.workdir / "registry"
+    if args.gate_min_agreement < 0.75:
+        print(
+            f"[demo] gate: imagination-agreement floor {args.gate_min_agreement:.2f} (wmpo cycle's "
+            "default 0.75 refuses candidates from a world model that disagrees with the robot; "
+            "here the robot-side auto-rollback is the judge). docs/demo.md"
+        )
     reg = Registry(registry, create=True)
     if reg.promoted() is None:
         version = reg.publish(models["policy"], notes="demo base policy")
@@ -369,7 +383,8 @@ def lifelong_loop(args, models: dict[str, Path], domain: int) -> list[dict]:
                        "--bags", str(bags), "--task", args.task,
                        "--world-model", str(models["world_model"]), "--reward", str(models["reward"]),
                        "--wm-minutes", str(args.wm_minutes), "--reward-minutes", str(args.reward_minutes),
-                       "--grpo-iterations", str(args.grpo_iterations)])  # fmt: skip
+                       "--grpo-iterations", str(args.grpo_iterations),
+                       "--gate-min-agreement", str(args.gate_min_agreement)])  # fmt: skip
                 after = Registry(registry).promoted()
                 if after != before:
                     print(f"  promoted {after}; waiting for policy_node to hot-swap it")
