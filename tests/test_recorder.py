@@ -317,7 +317,7 @@ def test_teleop_expert_drives_sim_and_recorder_records_it(tmp_path, capsys):
     )
     teleop_cfg = tmp_path / "teleop.yaml"
     teleop_params = {"mode": "expert", "manage_episodes": "self", "episodes": 1, "seed": 5}
-    teleop_params |= {"max_steps": 30, "task": "Lift"}
+    teleop_params |= {"max_steps": 30, "task": "Lift", "wait_for_subscribers": 2}
     teleop_cfg.write_text(yaml.safe_dump({"teleop": {"ros__parameters": teleop_params}}))
     sim = NodeProcess("wmpo_sim_node", ["--params-file", str(sim_cfg)], log=tmp_path / "sim.log")
     teleop = NodeProcess(

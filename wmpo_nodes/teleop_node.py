@@ -123,6 +123,11 @@ class TeleopNode(Node):
             "episodes": (1, "expert: episodes to run when managed (0 = forever)"),
             "max_steps": (200, "expert + manage_episodes: steps before giving up"),
             "success_hold_steps": (5, "steps to keep going after the sim reports success"),
+            "wait_for_subscribers": (
+                1,
+                "expert + manage_episodes: start an episode only once this many subscribers "
+                "(the arm, the recorder) are matched to the twist topic",
+            ),
         }
         values = {}
         for name, (default, text) in specs.items():
@@ -265,6 +270,15 @@ class TeleopNode(Node):
 
     def _request_episode(self) -> None:
         """Ask for the next episode; it begins when its start event arrives (_on_event)."""
+        matched = self.twist_pub.get_subscription_count()
+        if matched < self.p["wait_for_subscribers"]:
+            # A recorder that has not discovered us yet would miss the first commands.
+            self.get_logger().info(
+                f"waiting for {self.p['wait_for_subscribers']} subscribers on "
+                f"{TWIST_COMMAND_TOPIC} (have {matched}): is the recorder running?",
+                throttle_duration_sec=5.0,
+            )
+            return
         self._requested_at = time.monotonic()
         if self.p["manage_episodes"] == "episode_node":
             self._phase = "requested"
