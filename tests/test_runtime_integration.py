@@ -293,12 +293,23 @@ def test_scripted_policy_lifts_the_cube_through_policy_and_executor_nodes(probe,
 
 
 def test_estop_mid_chunk_halts_within_one_period_until_reset(probe, sim_graph):
-    # An e-stop button's node is up long before it is pressed: wait for DDS to match this
-    # fresh publisher with the executor (on a loaded machine that took 0.8 s, and the latched
-    # e-stop then arrived late).
+    # An e-stop button's node is up long before it is pressed. This probe's publisher is
+    # fresh: prove the executor has matched it (a press it acts on, then a release and a
+    # reset it accepts) before the real test; a publisher-side match alone still let the
+    # latched e-stop arrive 0.7 s late on a loaded machine.
     assert probe.wait(lambda: probe.estop_pub.get_subscription_count() >= 1, 10)
-    _start_episode(probe, sim_graph)
     try:
+        # The reset service answers "still true" only once the executor has our press.
+        probe.estop_pub.publish(Bool(data=True))
+        deadline = time.monotonic() + 15
+        while "still true" not in probe.call(ESTOP_RESET_SERVICE).message:
+            assert time.monotonic() < deadline, "the executor never saw the e-stop"
+            probe.spin(0.2)
+        probe.estop_pub.publish(Bool(data=False))
+        while not probe.call(ESTOP_RESET_SERVICE).success:
+            assert time.monotonic() < deadline, "the executor never saw the e-stop released"
+            probe.spin(0.2)
+        _start_episode(probe, sim_graph)
         _estop_mid_chunk(probe)
     finally:  # never leave the shared graph halted for the next test
         probe.estop_pub.publish(Bool(data=False))
