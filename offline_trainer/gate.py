@@ -96,6 +96,7 @@ def imagination_agreement(
 ) -> dict[str, Any]:
     """Balanced agreement between the reward model's verdict on each episode re-imagined
     from its first frame and real actions, and the episode's real label."""
+    from offline_trainer.eval_imagination import imagine_episode
     from wmpo_core.reward_model import load_reward_model
     from wmpo_core.world_model import load_world_model
     from wmpo_core.world_model.metrics import balanced_agreement
@@ -103,12 +104,9 @@ def imagination_agreement(
     wm, rm = load_world_model(world_model), load_reward_model(reward)
     truth, verdicts = [], []
     for episode_id in episodes:
-        meta, ep = store.meta(episode_id), store.load(episode_id)
-        frames = np.asarray(ep.frames)
-        actions = np.asarray(ep.actions, dtype=np.float32)
-        imagined = wm.rollout_actions(frames[None, 0], actions[None, :-1])[0]
-        verdicts.append(bool(rm.detect_success(np.concatenate([frames[:1], imagined]))[0]))
-        truth.append(bool(meta.success))
+        ep = store.load(episode_id)
+        verdicts.append(bool(rm.detect_success(imagine_episode(wm, ep))[0]))
+        truth.append(bool(ep.meta.success))
     truth_a = np.array(truth, dtype=bool)
     both = 0 < truth_a.sum() < len(truth_a)
     return {

@@ -87,8 +87,9 @@ def run(args: argparse.Namespace) -> int:
     ids = [m.id for _, m in selected]
     train = [(f, *y) for (f, _), y, i in zip(arrays, labels, ids, strict=True) if i not in cal_ids]
     cal = [(f, *y) for (f, _), y, i in zip(arrays, labels, ids, strict=True) if i in cal_ids]
-    if args.imagined_from:
-        imagined = _imagine(args.imagined_from, arrays)
+    wm = _load_world_model(args.imagined_from)
+    if wm is not None:
+        imagined = _imagine(wm, arrays)
         train += [
             (f, *y) for f, y, i in zip(imagined, labels, ids, strict=True) if i not in cal_ids
         ]
@@ -165,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
             f"episode accuracy {metrics['cal/accuracy']:.3f} on {metrics['cal/episodes']} "
             "episodes"
         )
-    metrics.update(_heldout_agreement(model, args))
+    metrics.update(_heldout_agreement(model, args, wm))
     if "heldout/balanced_agreement" in metrics:
         imagined_note = (
             f", on their imagined replays {metrics['heldout/imagined_balanced_agreement']:.3f}"
@@ -276,7 +277,7 @@ def _calibrate(model: RewardModel, episodes) -> dict[str, float]:
     return {"cal/f1": f1, "cal/accuracy": acc, "cal/episodes": len(episodes), "cal/threshold": thr}
 
 
-def _heldout_agreement(model: RewardModel, args: argparse.Namespace) -> dict[str, float]:
+def _heldout_agreement(model: RewardModel, args: argparse.Namespace, wm) -> dict[str, float]:
     """Verdicts on the real frames of the held-out episodes (never trained or calibrated on)."""
     from wmpo_core.world_model.metrics import balanced_agreement
 
@@ -298,8 +299,8 @@ def _heldout_agreement(model: RewardModel, args: argparse.Namespace) -> dict[str
         "heldout/episodes": len(held),
         "heldout/successes": int(truth.sum()),
     }
-    if args.imagined_from:  # the verdicts GRPO relies on: the same episodes, imagined
-        imagined = _imagine(args.imagined_from, arrays)
+    if wm is not None:  # the verdicts GRPO relies on: the same episodes, imagined
+        imagined = _imagine(wm, arrays)
         pred = np.array([model.detect_success(frames)[0] for frames in imagined])
         out["heldout/imagined_balanced_agreement"] = balanced_agreement(pred, truth)
     return out
@@ -310,10 +311,13 @@ def _success_step(meta) -> int | None:
     return int(step) if meta.success and step is not None else None
 
 
-def _imagine(wm_path: str, arrays) -> list[np.ndarray]:
+def _load_world_model(path: str | None):
     from wmpo_core.world_model import load_world_model
 
-    wm = load_world_model(wm_path)
+    return load_world_model(path) if path else None
+
+
+def _imagine(wm, arrays) -> list[np.ndarray]:
     out = []
     for frames, actions in arrays:
         imagined = wm.rollout_actions(frames[None, 0], actions[None, :-1])[0]

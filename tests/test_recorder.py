@@ -104,11 +104,14 @@ class Publisher:
         assert ok, f"the recorder never matched these publishers: {self.diagnostics[-1:]}"
 
     def _recorder_sees_publishers(self, topics: set[str]) -> bool:
+        import ast
+
         if not self.diagnostics:
             return False
         values = {kv.key: kv.value for kv in self.diagnostics[-1].status[0].values}
-        unmatched = values.get("topics_without_publisher", "['?']")
-        return not any(f"'{t}'" in unmatched for t in topics) and unmatched != "['?']"
+        if "topics_without_publisher" not in values:
+            return False
+        return not set(ast.literal_eval(values["topics_without_publisher"])) & topics
 
     def publish(self, topic: str, msg) -> None:
         self.pubs[topic].publish(msg)
