@@ -72,3 +72,15 @@ def test_cycle_runs_every_stage_and_publishes_a_gated_candidate(tmp_path):
     # A finished cycle is not re-run: the next invocation starts c0002.
     assert wmpo_main([*args, "--dry-run"]) == 0
     assert (work / "cycles" / "c0002").exists()
+
+
+def test_cycle_config_refuses_a_gate_agreement_floor_outside_zero_one(tmp_path):
+    import pytest
+
+    from offline_trainer.cycle import CycleConfig
+    from wmpo_core.errors import WmpoError
+
+    for bad in (-0.1, 1.5):
+        with pytest.raises(WmpoError, match="gate_min_agreement must be in"):
+            CycleConfig(workdir=tmp_path, registry=tmp_path / "r", gate_min_agreement=bad)
+    assert CycleConfig(workdir=tmp_path, registry=tmp_path / "r").gate_min_agreement == 0.75

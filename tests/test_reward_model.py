@@ -6,6 +6,8 @@ toy pixel world (wmpo_core.world_model.synthetic).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -167,3 +169,29 @@ def test_init_from_a_model_of_another_frame_size_is_refused(tmp_path, capsys):
     )  # fmt: skip
     assert rc == 1 and "32 px model, 16 px frames" in capsys.readouterr().err
     assert not (tmp_path / "rm2").exists()
+
+
+def test_imagined_from_calibrates_on_imagined_episodes_and_reports_their_agreement(tmp_path):
+    """`--imagined-from WM`: the threshold is fit to the calibration episodes' imagined
+    replays (what GRPO thresholds), and held-out agreement is reported on them too."""
+    from wmpo_core.world_model import build_network, save_world_model, tiny_config
+    from wmpo_core.world_model.training import is_heldout, select_episodes
+
+    cfg = tiny_config(image_size=32)
+    save_world_model(tmp_path / "wm", cfg, build_network(cfg))
+    make_toy_store(tmp_path / "store", n=24, size=32, steps=30)
+    out = tmp_path / "rm"
+    rc = wmpo(
+        ["train", "reward", "--data", str(tmp_path / "store"), "--out", str(out),
+         "--backbone", "conv", "--max-epochs", "1", "--heldout-frac", "0.25",
+         "--cal-frac", "0.25", "--imagined-from", str(tmp_path / "wm")]
+    )  # fmt: skip
+    assert rc == 0
+    metrics = json.loads((out / "manifest.json").read_text())["metrics"]
+    assert 0.0 <= metrics["heldout/imagined_balanced_agreement"] <= 1.0
+    # Calibration used only the imagined copies of the calibration split (one per episode),
+    # not the real ones beside them (which would double the count).
+    selected = select_episodes([str(tmp_path / "store")], heldout_frac=0.25, labelled_only=True)
+    n_cal = sum(is_heldout(m.id + "/reward-cal", 0.25) for _, m in selected)
+    assert n_cal > 0 and metrics["cal/episodes"] == n_cal
+    assert json.loads((out / "manifest.json").read_text())["imagined_from"] == str(tmp_path / "wm")
