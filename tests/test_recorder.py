@@ -371,3 +371,54 @@ def test_diagnostics_name_a_recorded_topic_nobody_publishes(tmp_path, ros_contex
         pub.close()
         rec.stop()
     assert values["topics_without_publisher"] == f"['{wrist}']"
+
+
+@pytest.mark.sim
+def test_teleop_waits_for_its_subscribers_before_the_first_episode(tmp_path, ros_context):
+    """wait_for_subscribers = 2: the arm alone is not enough; the episode starts (and the first
+    command goes out) only once a second subscriber, the recorder's stand-in here, is matched."""
+    import rclpy
+    from geometry_msgs.msg import TwistStamped
+    from rclpy.executors import SingleThreadedExecutor
+    from std_msgs.msg import String
+
+    from wmpo_core.runtime.episode import parse_event
+    from wmpo_nodes.runtime_msgs import EVENTS_QOS
+
+    sim_cfg = tmp_path / "sim.yaml"
+    sim_cfg.write_text(
+        yaml.safe_dump({"sim_node": {"ros__parameters": {"image_size": 32, "seed": 5}}})
+    )
+    teleop_params = {"mode": "expert", "manage_episodes": "self", "episodes": 1, "seed": 5}
+    teleop_params |= {"max_steps": 10, "task": "Lift", "wait_for_subscribers": 2}
+    teleop_cfg = tmp_path / "teleop.yaml"
+    teleop_cfg.write_text(yaml.safe_dump({"teleop": {"ros__parameters": teleop_params}}))
+    node = rclpy.create_node("teleop_wait_probe", context=ros_context)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(node)
+    events: list[str] = []
+    twists: list[float] = []
+    node.create_subscription(
+        String, EPISODE_TOPIC, lambda m: events.append(parse_event(m.data).event), EVENTS_QOS
+    )
+    sim = NodeProcess("wmpo_sim_node", ["--params-file", str(sim_cfg)], log=tmp_path / "sim.log")
+    teleop = NodeProcess(
+        "wmpo_teleop_node", ["--params-file", str(teleop_cfg)], log=tmp_path / "teleop.log"
+    )
+    try:
+        sim.start()
+        teleop.start()
+        assert wait_for(executor, lambda: "have 1" in teleop.output(), 60), teleop.output()
+        wait_for(executor, lambda: False, 3.0)  # matched by the arm only: nothing may start
+        assert "start" not in events, events
+        node.create_subscription(
+            TwistStamped, TWIST_COMMAND_TOPIC, lambda m: twists.append(time.monotonic()), 100
+        )
+        assert wait_for(executor, lambda: "start" in events and len(twists) >= 5, 60), (
+            teleop.output()[-2000:]
+        )
+    finally:
+        teleop.stop()
+        sim.stop()
+        executor.shutdown()
+        node.destroy_node()

@@ -19,15 +19,18 @@ until /wmpo/estop_reset (std_srvs/Trigger) is called with the e-stop released.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
+import threading
 import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64, Header, String
@@ -72,6 +75,17 @@ POSE_SOURCES = ("sim_state", "pose_topic", "none")
 # /joint_states message, i.e. per step of an arm that may run slower than real time (the
 # embedded sim on a loaded CPU): every action reaches the arm, none is overwritten unseen.
 TICK_SOURCES = ("timer", "joint_states")
+
+
+def _locked(method):
+    """Run a callback under the node's lock (the e-stop group runs on its own thread)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 def _ro(description: str) -> ParameterDescriptor:
@@ -157,6 +171,12 @@ class ExecutorNode(Node):
         self._chunks_in = 0
         self._bad_chunks = 0
         self._throttle = Throttle(2.0)
+        # The e-stop and its reset live in their own callback group, so a press is taken
+        # by the executor's second thread even while a tick or a chunk is being handled
+        # (in the node's default group it would queue behind them). The lock keeps the
+        # safety filter and the scheduler consistent between the two threads.
+        self._lock = threading.RLock()
+        estop_group = MutuallyExclusiveCallbackGroup()
 
         if p["command_interface"] == "twist":
             self._twist_pub = self.create_publisher(TwistStamped, p["twist_topic"], 10)
@@ -166,7 +186,9 @@ class ExecutorNode(Node):
         self._request_pub = self.create_publisher(Header, CHUNK_REQUEST_TOPIC, 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         self.create_subscription(JointTrajectory, ACTION_CHUNK_TOPIC, self._on_chunk, 10)
-        self.create_subscription(Bool, ESTOP_TOPIC, self._on_estop, LATCHED)
+        self.create_subscription(
+            Bool, ESTOP_TOPIC, self._on_estop, LATCHED, callback_group=estop_group
+        )
         self.create_subscription(String, EPISODE_TOPIC, self._on_episode, EVENTS_QOS)
         self.create_subscription(String, POLICY_VERSION_TOPIC, self._on_policy_version, LATCHED)
         self._policy_version: str | None = None
@@ -175,7 +197,9 @@ class ExecutorNode(Node):
             self.create_subscription(String, SIM_STATE_TOPIC, self._on_sim_state, 10)
         elif p["ee_pose_source"] == "pose_topic":
             self.create_subscription(PoseStamped, p["ee_pose_topic"], self._on_pose, 10)
-        self.create_service(Trigger, ESTOP_RESET_SERVICE, self._on_estop_reset)
+        self.create_service(
+            Trigger, ESTOP_RESET_SERVICE, self._on_estop_reset, callback_group=estop_group
+        )
         if p["tick_source"] == "timer":
             self.create_timer(self.dt, self._tick)
         self.create_timer(1.0, self._publish_diagnostics)
@@ -197,6 +221,7 @@ class ExecutorNode(Node):
         if self._throttle.allow(key, time.monotonic()):
             self.get_logger().error(text)
 
+    @_locked
     def _on_chunk(self, msg: JointTrajectory) -> None:
         now = self._monotonic(self._now())
         if self._request_out:
@@ -222,6 +247,7 @@ class ExecutorNode(Node):
         self._chunks_in += 1
         self.scheduler.add_chunk(actions, stamp, now)
 
+    @_locked
     def _on_estop(self, msg: Bool) -> None:
         self._estop_asserted = bool(msg.data)
         if msg.data:
@@ -235,6 +261,7 @@ class ExecutorNode(Node):
                 self._send(self.safety.filter(None, now=now), now)
             self.get_logger().warning("e-stop: halted; call /wmpo/estop_reset after releasing it")
 
+    @_locked
     def _on_estop_reset(self, request, response):
         if self._estop_asserted:
             response.success = False
@@ -247,6 +274,7 @@ class ExecutorNode(Node):
             self.get_logger().info(response.message)
         return response
 
+    @_locked
     def _on_policy_version(self, msg: String) -> None:
         # A hot-swap: queued actions came from the old policy; drop them (the arm holds
         # for at most one inference, it never plays a mix of two policies' chunks).
@@ -258,6 +286,7 @@ class ExecutorNode(Node):
             )
         self._policy_version = msg.data
 
+    @_locked
     def _on_episode(self, msg: String) -> None:
         try:
             event = parse_event(msg.data)
@@ -278,6 +307,7 @@ class ExecutorNode(Node):
             elif event.event in ("stop", "reset", "label"):
                 self._episode_running = False
 
+    @_locked
     def _on_joints(self, msg: JointState) -> None:
         if self._p["arm_type"] == "joint":
             by_name = dict(zip(msg.name, msg.position, strict=False))
@@ -305,6 +335,7 @@ class ExecutorNode(Node):
         self._ee_pos, self._ee_stamp = np.array([p.x, p.y, p.z]), self._now()
 
     # --- the control loop ------------------------------------------------------
+    @_locked
     def _tick(self, stamp: float | None = None) -> None:
         now = self._monotonic(self._now() if stamp is None else stamp)
         wall = time.monotonic()
@@ -382,6 +413,7 @@ class ExecutorNode(Node):
         else:
             self._moveit.send(list(self._p["joint_names"]), cmd.command)
 
+    @_locked
     def _publish_diagnostics(self) -> None:
         values = {
             "halted": str(self.safety.halted),
