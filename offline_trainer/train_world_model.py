@@ -65,6 +65,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "model's own predicted chunk (keeps long rollouts from drifting)",
     )
     p.add_argument(
+        "--unroll-chunks",
+        type=int,
+        default=1,
+        help="self-conditioned batches start from 1..N chunks the model drew itself (an "
+        "imagined episode runs 10+ chunks deep; 1 = only from its first chunk)",
+    )
+    p.add_argument(
         "--context-noise",
         type=float,
         default=0.02,
@@ -93,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     random.seed(args.seed)
     np.random.seed(args.seed)
     out = Path(args.out)
+    if args.unroll_chunks < 1:
+        raise WmpoError(f"--unroll-chunks must be >= 1, got {args.unroll_chunks}")
     if args.align and not (args.init or args.resume):
         raise WmpoError("--align-policy-version fine-tunes a model: also pass --init WM")
 
@@ -159,7 +168,7 @@ def _data(args: argparse.Namespace, config: WorldModelConfig):
     selected = select_episodes(
         args.data, task=args.task, policy_version=args.align, heldout_frac=args.heldout_frac
     )
-    dataset = WindowDataset(load_arrays(selected), config, n_chunks=2)
+    dataset = WindowDataset(load_arrays(selected), config, n_chunks=args.unroll_chunks + 1)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=0
     )
@@ -191,17 +200,28 @@ def _lr(base: float, step: int, frac: float) -> float:
 
 
 def _training_batch(net, raw: dict, config: WorldModelConfig, args, frac: float) -> dict:
-    """Chunk 1 from real context, or (after warm-up, half the time) chunk 2 from the model's
-    own prediction of chunk 1, so it learns to continue from what it draws."""
-    batch = to_model_batch(raw, 0, config)
+    """Chunk 1 from real context, or (after warm-up, half the time) chunk m + 1 from the
+    model's own predictions of chunks 1..m (m uniform in 1..--unroll-chunks; only windows
+    with that much episode left), so it learns to continue from what it draws, as deep as
+    an imagined episode goes."""
+    depth = 0
     if frac > args.self_cond_after and random.random() < 0.5:
+        depth = random.randint(1, args.unroll_chunks)
+        deep_enough = raw["n_valid"] > depth
+        if int(deep_enough.sum()) >= 2:
+            raw = {key: value[deep_enough] for key, value in raw.items()}
+        else:
+            depth = 0
+    batch = to_model_batch(raw, 0, config)
+    if depth:
+        k = config.chunk_size
         with torch.no_grad():
             net.eval()
-            pred = net.predict(batch)
+            for m in range(1, depth + 1):
+                pred = net.predict(batch)
+                batch = advance(batch, pred, raw["actions"][:, m * k : (m + 1) * k])
             net.train()
-        nxt = advance(batch, pred, raw["actions"][:, config.chunk_size : 2 * config.chunk_size])
-        nxt["target"] = to_model_batch(raw, 1, config)["target"]
-        batch = nxt
+        batch["target"] = to_model_batch(raw, depth, config)["target"]
     if args.context_noise > 0:
         batch["context"] = batch["context"] + args.context_noise * torch.randn_like(
             batch["context"]

@@ -232,3 +232,46 @@ def test_train_cli_trains_saves_and_resumes(tmp_path, capsys):
     assert load_world_model(out).config.image_size == 64
     assert wmpo(["train", "world-model", "--data", str(tmp_path / "nope"), "--out", str(out)]) == 1
     assert "not an episode store" in capsys.readouterr().err
+
+
+def test_windows_near_the_end_pad_their_future_and_say_how_many_chunks_are_real():
+    cfg = WorldModelConfig(**SMALL_TINY)  # K = 8
+    frames = np.arange(21, dtype=np.uint8)[:, None, None, None] * np.ones((1, 32, 32, 3), np.uint8)
+    actions = np.tile(np.arange(21, dtype=np.float32)[:, None] / 100, (1, 7))
+    ds = WindowDataset([(frames, actions)], cfg, n_chunks=3)
+    assert len(ds) == 21 - 8  # every window with one real chunk of future
+    first, last = ds[0], ds[len(ds) - 1]
+    assert int(first["n_valid"]) == 2 and int(last["n_valid"]) == 1  # (20 - s) // 8
+    # Chunk 1 of the last window is real: frames s+1..s+8 from actions s..s+7.
+    assert last["target"][:8, 0, 0, 0].tolist() == list(range(13, 21))
+    assert np.allclose(last["actions"][:8, 0].numpy(), np.arange(12, 20) / 100)
+    # Past the episode's end: edge-padded, never an index error.
+    assert last["target"][8:, 0, 0, 0].tolist() == [20] * 16
+
+
+def test_unrolled_self_conditioning_trains_on_chunks_only_windows_deep_enough_have():
+    import argparse
+    import random
+
+    from offline_trainer.train_world_model import _training_batch
+
+    cfg = WorldModelConfig(**SMALL_TINY, chunk_size=2, context_frames=2)
+    net = build_network(cfg)
+    rng = np.random.default_rng(0)
+    ds = WindowDataset([square_episode(rng) for _ in range(4)], cfg, n_chunks=4)
+    raw = next(iter(torch.utils.data.DataLoader(ds, batch_size=len(ds))))
+    args = argparse.Namespace(self_cond_after=-1.0, unroll_chunks=3, context_noise=0.0)
+    depths = set()
+    for seed in range(40):
+        random.seed(seed)
+        batch = _training_batch(net, raw, cfg, args, frac=0.5)
+        n = batch["context"].shape[0]
+        if n == len(ds) and torch.equal(batch["target"], to_model_batch(raw, 0, cfg)["target"]):
+            depths.add(0)
+            continue
+        # A self-conditioned batch keeps only windows with more real chunks than its depth.
+        depth = next(d for d in (1, 2, 3) if n == int((raw["n_valid"] > d).sum()))
+        depths.add(depth)
+        assert batch["target"].shape == (n, 2, 3, 32, 32)
+        assert torch.isfinite(batch["context"]).all() and batch["past_valid"].min() == 1.0
+    assert depths == {0, 1, 2, 3}

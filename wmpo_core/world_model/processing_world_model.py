@@ -58,10 +58,12 @@ def check_actions(actions: np.ndarray, config: WorldModelConfig, what: str = "ac
 
 
 class WindowDataset(torch.utils.data.Dataset):
-    """All (episode, s) windows of a list of episodes, `n_chunks` chunks of future each.
+    """All (episode, s) windows of a list of episodes with at least one chunk of future.
 
-    Episodes are (frames uint8 [T,H,W,3], actions float32 [T,D]) pairs held in RAM
-    (a few hundred 64 px episodes are ~100 MB).
+    Each window carries `n_chunks` chunks of future actions and target frames; near an
+    episode's end the chunks past it are padded (edge values) and `n_valid` says how many
+    are real, so training may unroll only that deep. Episodes are (frames uint8 [T,H,W,3],
+    actions float32 [T,D]) pairs held in RAM (a few hundred 64 px episodes are ~100 MB).
     """
 
     def __init__(
@@ -74,7 +76,7 @@ class WindowDataset(torch.utils.data.Dataset):
         self.n_chunks = n_chunks
         self.episodes = []
         self.index: list[tuple[int, int]] = []
-        horizon = n_chunks * config.chunk_size
+        k = config.chunk_size
         for frames, actions in episodes:
             check_frames(frames, config, "episode frames")
             check_actions(actions, config, "episode actions")
@@ -83,10 +85,10 @@ class WindowDataset(torch.utils.data.Dataset):
             cum = np.concatenate([np.zeros((1, 3), np.float32), np.cumsum(actions[:, :3], 0)])
             e = len(self.episodes)
             self.episodes.append((frames, actions, cum.astype(np.float32)))
-            self.index.extend((e, s) for s in range(len(frames) - horizon))
+            self.index.extend((e, s) for s in range(len(frames) - k))
         if not self.index:
             raise WorldModelError(
-                f"no training windows: every episode is shorter than {horizon + 1} frames"
+                f"no training windows: every episode is shorter than {k + 1} frames"
             )
 
     def __len__(self) -> int:
@@ -100,7 +102,8 @@ class WindowDataset(torch.utils.data.Dataset):
         past = np.arange(s - c, s)
         valid = past >= 0
         past_actions = np.where(valid[:, None], actions[np.clip(past, 0, None)], 0.0)
-        fut = np.arange(s, s + self.n_chunks * k)
+        last = len(frames) - 1  # frame `last` results from action `last - 1`
+        fut = np.minimum(np.arange(s, s + self.n_chunks * k), last - 1)
         return {
             "context": torch.from_numpy(frames[ctx]),
             "past_actions": torch.from_numpy(past_actions.astype(np.float32)),
@@ -108,6 +111,7 @@ class WindowDataset(torch.utils.data.Dataset):
             "actions": torch.from_numpy(actions[fut]),
             "cum": torch.from_numpy(cum[s]),
             "target": torch.from_numpy(frames[fut + 1]),
+            "n_valid": torch.tensor(min(self.n_chunks, (last - s) // k)),
         }
 
 
