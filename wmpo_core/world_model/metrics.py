@@ -23,8 +23,9 @@ def _gaussian(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
 def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """SSIM per frame (Wang et al. 2004: 11x11 Gaussian, sigma 1.5, averaged over RGB)."""
     shape = a.shape[:-3]
-    x = torch.from_numpy(a.reshape(-1, *a.shape[-3:])).double().movedim(-1, 1) / 255.0
-    y = torch.from_numpy(b.reshape(-1, *b.shape[-3:])).double().movedim(-1, 1) / 255.0
+    # Read-only arrays (memory-mapped episodes) are fine: float64 copies are made anyway.
+    x = torch.tensor(a.reshape(-1, *a.shape[-3:]), dtype=torch.float64).movedim(-1, 1) / 255.0
+    y = torch.tensor(b.reshape(-1, *b.shape[-3:]), dtype=torch.float64).movedim(-1, 1) / 255.0
     n, c, h, w = x.shape
     x, y = x.reshape(n * c, 1, h, w), y.reshape(n * c, 1, h, w)
     k = _gaussian()
