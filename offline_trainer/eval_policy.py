@@ -32,6 +32,8 @@ from wmpo_core.policy_api import ChunkPolicy, Observation
 
 EVAL_SEED_START = 100_000
 """First evaluation seed; demonstrations use seeds below it (docs/policy.md)."""
+EVAL_CHUNK_STRATEGIES = ("open_loop", "temporal_ensemble")
+"""How in-process rollouts play chunks (executor_node's strategies of the same names)."""
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -89,18 +91,30 @@ class EvalResult:
 
 
 def rollout(
-    arm, policy: ChunkPolicy, seed: int, instruction: str, record: bool = False
+    arm,
+    policy: ChunkPolicy,
+    seed: int,
+    instruction: str,
+    record: bool = False,
+    chunk_strategy: str = "open_loop",
 ) -> tuple[EpisodeResult, list[np.ndarray]]:
-    """One episode: predict a chunk from the current frame, execute it open-loop, repeat."""
+    """One episode. 'open_loop': predict a chunk from the current frame, execute it, repeat.
+    'temporal_ensemble': predict a chunk every step and play the executor's own ensemble
+    of the overlapping chunks (wmpo_core.runtime.chunking, as executor_node does)."""
     t0 = time.monotonic()
     obs = arm.reset(seed)
     policy.reset()
     frames = [obs.image] if record else []
+    scheduler = _scheduler(chunk_strategy, arm)
     success = False
     while arm.step_count < arm.horizon and not success:
         chunk = policy.predict_chunk(
             Observation(images={"camera": obs.image}, instruction=instruction)
         )
+        if scheduler is not None:
+            now = arm.step_count * arm.dt
+            scheduler.add_chunk(np.asarray(chunk), obs_stamp=now, now=now)
+            chunk = [scheduler.next_action(now).action]
         for action in chunk:
             obs = arm.step(action)
             if record:
@@ -112,6 +126,14 @@ def rollout(
     return result, frames
 
 
+def _scheduler(chunk_strategy: str, arm):
+    if chunk_strategy == "open_loop":
+        return None
+    from wmpo_core.runtime.chunking import ChunkConfig, make_scheduler
+
+    return make_scheduler(ChunkConfig(chunk_strategy, arm.dt))
+
+
 def evaluate_policy(
     policy: ChunkPolicy,
     task: str,
@@ -121,8 +143,13 @@ def evaluate_policy(
     horizon: int | None = None,
     record: int = 0,
     progress: bool = True,
+    chunk_strategy: str = "open_loop",
 ) -> tuple[EvalResult, list[list[np.ndarray]]]:
     """Roll `policy` out on seeds seed_start .. seed_start+episodes-1; record the first `record`."""
+    if chunk_strategy not in EVAL_CHUNK_STRATEGIES:
+        raise WmpoError(
+            f"--chunk-strategy must be one of {EVAL_CHUNK_STRATEGIES}, got '{chunk_strategy}'"
+        )
     from wmpo_core.sim.arm import SimArm, SimConfig
     from wmpo_core.sim.tasks import task_spec
 
@@ -136,7 +163,9 @@ def evaluate_policy(
         bar = tqdm(total=episodes, desc=f"eval {task}", unit="ep", dynamic_ncols=True)
     with SimArm(SimConfig(task=task, image_size=image_size, render=True, horizon=horizon)) as arm:
         for i in range(episodes):
-            ep, frames = rollout(arm, policy, seed_start + i, instruction, record=i < record)
+            ep, frames = rollout(
+                arm, policy, seed_start + i, instruction, i < record, chunk_strategy
+            )
             result.episodes.append(ep)
             if frames:
                 videos.append(frames)
@@ -218,6 +247,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="--through-nodes: seconds per episode (default: horizon at 20 Hz + 50 %%)",
     )
     parser.add_argument("--logs", default="runs/eval_nodes", help="--through-nodes: node logs")
+    parser.add_argument(
+        "--chunk-strategy",
+        default="open_loop",
+        choices=EVAL_CHUNK_STRATEGIES,
+        help="in-process: play each chunk open-loop (default), or predict every step and "
+        "play the executor's temporal ensemble (executor_node chunk_strategy)",
+    )
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -230,6 +266,11 @@ def run(args: argparse.Namespace) -> int:
             "may be in the training data"
         )
     if args.through_nodes:
+        if args.chunk_strategy != "open_loop":
+            raise WmpoError(
+                "--chunk-strategy is for in-process rollouts; through the nodes the executor "
+                "plays chunks: set chunk_strategy in launch/config/executor.yaml"
+            )
         return _run_through_nodes(args)
     import torch
 
@@ -254,6 +295,7 @@ def run(args: argparse.Namespace) -> int:
         horizon=args.horizon,
         record=n_video,
         progress=not args.no_progress,
+        chunk_strategy=args.chunk_strategy,
     )
     s = result.summary()
     lo, hi = s["wilson95"]

@@ -233,3 +233,30 @@ def test_committed_lift_policy_beats_random_on_unseen_seeds():
     assert random.successes == 0
     assert learned.successes >= 4, learned.summary()
     assert np.mean([e.length for e in learned.episodes if e.success]) < 100
+
+
+@pytest.mark.sim
+def test_temporal_ensemble_eval_asks_every_step_and_still_lifts():
+    """--chunk-strategy temporal_ensemble: a chunk per step through the executor's own
+    scheduler (8x the inference calls of open-loop), and the Lift policy still succeeds."""
+    from offline_trainer.eval_policy import EVAL_SEED_START, evaluate_policy
+
+    policy = load_policy_checkpoint(LIFT_POLICY)
+    calls = []
+    predict = policy.predict_chunk
+    policy.predict_chunk = lambda obs: calls.append(1) or predict(obs)
+    torch.set_num_threads(1)
+    result, _ = evaluate_policy(
+        policy,
+        "Lift",
+        2,
+        seed_start=EVAL_SEED_START + 500,
+        image_size=policy.image_size,
+        horizon=100,
+        progress=False,
+        chunk_strategy="temporal_ensemble",
+    )
+    assert result.successes >= 1, result.summary()
+    assert len(calls) == sum(e.length for e in result.episodes)
+    with pytest.raises(WmpoError, match="chunk-strategy"):
+        evaluate_policy(policy, "Lift", 1, horizon=5, progress=False, chunk_strategy="latest")
