@@ -48,6 +48,25 @@ def start_recorder(tmp_path: Path, **params) -> tuple[NodeProcess, Path]:
     return proc.start(), out
 
 
+def sim_and_expert_teleop(
+    tmp_path: Path, image_size: int, max_steps: int
+) -> tuple[NodeProcess, NodeProcess]:
+    """sim_node + teleop_node running one scripted-expert Lift episode of its own (seed 5),
+    started only once 2 subscribers (the arm and one more) are matched; not started yet."""
+    sim_cfg = tmp_path / "sim.yaml"
+    sim_params = {"image_size": image_size, "seed": 5}
+    sim_cfg.write_text(yaml.safe_dump({"sim_node": {"ros__parameters": sim_params}}))
+    teleop_params = {"mode": "expert", "manage_episodes": "self", "episodes": 1, "seed": 5}
+    teleop_params |= {"max_steps": max_steps, "task": "Lift", "wait_for_subscribers": 2}
+    teleop_cfg = tmp_path / "teleop.yaml"
+    teleop_cfg.write_text(yaml.safe_dump({"teleop": {"ros__parameters": teleop_params}}))
+    sim = NodeProcess("wmpo_sim_node", ["--params-file", str(sim_cfg)], log=tmp_path / "sim.log")
+    teleop = NodeProcess(
+        "wmpo_teleop_node", ["--params-file", str(teleop_cfg)], log=tmp_path / "teleop.log"
+    )
+    return sim, teleop
+
+
 class Publisher:
     """The test's side of the graph: every publisher the recorder listens to."""
 
@@ -314,18 +333,7 @@ def test_teleop_expert_drives_sim_and_recorder_records_it(tmp_path, capsys):
 
     topics = TOPICS + ["/wmpo/sim/state std_msgs/msg/String reliable seq=json:step"]
     rec, out = start_recorder(tmp_path, topics=topics)
-    sim_cfg = tmp_path / "sim.yaml"
-    sim_cfg.write_text(
-        yaml.safe_dump({"sim_node": {"ros__parameters": {"image_size": 64, "seed": 5}}})
-    )
-    teleop_cfg = tmp_path / "teleop.yaml"
-    teleop_params = {"mode": "expert", "manage_episodes": "self", "episodes": 1, "seed": 5}
-    teleop_params |= {"max_steps": 30, "task": "Lift", "wait_for_subscribers": 2}
-    teleop_cfg.write_text(yaml.safe_dump({"teleop": {"ros__parameters": teleop_params}}))
-    sim = NodeProcess("wmpo_sim_node", ["--params-file", str(sim_cfg)], log=tmp_path / "sim.log")
-    teleop = NodeProcess(
-        "wmpo_teleop_node", ["--params-file", str(teleop_cfg)], log=tmp_path / "teleop.log"
-    )
+    sim, teleop = sim_and_expert_teleop(tmp_path, image_size=64, max_steps=30)
     try:
         sim.start()
         teleop.start()
@@ -385,14 +393,6 @@ def test_teleop_waits_for_its_subscribers_before_the_first_episode(tmp_path, ros
     from wmpo_core.runtime.episode import parse_event
     from wmpo_nodes.runtime_msgs import EVENTS_QOS
 
-    sim_cfg = tmp_path / "sim.yaml"
-    sim_cfg.write_text(
-        yaml.safe_dump({"sim_node": {"ros__parameters": {"image_size": 32, "seed": 5}}})
-    )
-    teleop_params = {"mode": "expert", "manage_episodes": "self", "episodes": 1, "seed": 5}
-    teleop_params |= {"max_steps": 10, "task": "Lift", "wait_for_subscribers": 2}
-    teleop_cfg = tmp_path / "teleop.yaml"
-    teleop_cfg.write_text(yaml.safe_dump({"teleop": {"ros__parameters": teleop_params}}))
     node = rclpy.create_node("teleop_wait_probe", context=ros_context)
     executor = SingleThreadedExecutor(context=ros_context)
     executor.add_node(node)
@@ -401,10 +401,7 @@ def test_teleop_waits_for_its_subscribers_before_the_first_episode(tmp_path, ros
     node.create_subscription(
         String, EPISODE_TOPIC, lambda m: events.append(parse_event(m.data).event), EVENTS_QOS
     )
-    sim = NodeProcess("wmpo_sim_node", ["--params-file", str(sim_cfg)], log=tmp_path / "sim.log")
-    teleop = NodeProcess(
-        "wmpo_teleop_node", ["--params-file", str(teleop_cfg)], log=tmp_path / "teleop.log"
-    )
+    sim, teleop = sim_and_expert_teleop(tmp_path, image_size=32, max_steps=10)
     try:
         sim.start()
         teleop.start()

@@ -260,3 +260,11 @@ def test_temporal_ensemble_eval_asks_every_step_and_still_lifts():
     assert len(calls) == sum(e.length for e in result.episodes)
     with pytest.raises(WmpoError, match="chunk-strategy"):
         evaluate_policy(policy, "Lift", 1, horizon=5, progress=False, chunk_strategy="latest")
+
+
+def test_eval_through_nodes_refuses_an_in_process_chunk_strategy(capsys):
+    from wmpo_core.cli import main as wmpo_main
+
+    args = ["eval", "policy", str(LIFT_POLICY), "--task", "Lift", "--through-nodes"]
+    assert wmpo_main([*args, "--chunk-strategy", "temporal_ensemble"]) == 1
+    assert "executor.yaml" in capsys.readouterr().err

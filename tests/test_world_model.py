@@ -275,3 +275,10 @@ def test_unrolled_self_conditioning_trains_on_chunks_only_windows_deep_enough_ha
         assert batch["target"].shape == (n, 2, 3, 32, 32)
         assert torch.isfinite(batch["context"]).all() and batch["past_valid"].min() == 1.0
     assert depths == {0, 1, 2, 3}
+
+
+def test_train_cli_refuses_an_unroll_depth_below_one(tmp_path, capsys):
+    args = ["train", "world-model", "--data", str(tmp_path), "--out", str(tmp_path / "wm")]
+    assert wmpo([*args, "--unroll-chunks", "0"]) == 1
+    assert "--unroll-chunks must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "wm").exists()
