@@ -324,10 +324,15 @@ def _estop_mid_chunk(probe: Probe) -> None:
     probe.estop_pub.publish(Bool(data=True))
     probe.spin(2.0)
     after = [(t, v) for t, v in probe.twists if t > t_estop]
-    moving = [t - t_estop for t, v in after if np.abs(v).max() > 1e-9]
-    # At most the command already in flight when the e-stop arrived, and none a period later.
-    assert len(moving) <= 1 and all(dt < DT + 0.1 for dt in moving), moving
-    assert after and np.abs(after[-1][1]).max() == 0.0
+    is_moving = [bool(np.abs(v).max() > 1e-9) for _, v in after]
+    # Counted in ticks, not wall seconds: this graph is lockstep (the executor ticks on the
+    # sim's joint_states), so on a loaded CPU one tick can take far longer than DT of wall
+    # time (CI once saw 0.71 s). What must hold is that at most the one command already in
+    # flight when the e-stop arrived still moves, and every tick after it is zero.
+    assert after and not is_moving[-1], "no zero command after the e-stop"
+    assert sum(is_moving) <= 1 and not any(is_moving[1:]), [
+        (round(t - t_estop, 3), m) for (t, _), m in zip(after, is_moving, strict=True)
+    ]
     # The arm coasts to rest over a few sim steps; on a loaded CPU the sim lags wall time,
     # so wait for 20 sim states after the e-stop before the still window starts.
     probe.wait(lambda: sum(t > t_estop for t, _ in probe.states) >= 20, 20)
