@@ -384,11 +384,12 @@ def test_diagnostics_name_a_recorded_topic_nobody_publishes(tmp_path, ros_contex
 @pytest.mark.sim
 def test_teleop_waits_for_its_subscribers_before_the_first_episode(tmp_path, ros_context):
     """wait_for_subscribers = 2: the arm alone is not enough; the episode starts (and the first
-    command goes out) only once a second subscriber, the recorder's stand-in here, is matched."""
+    command goes out) only once a second subscriber, the recorder's stand-in here, is matched
+    on both command topics."""
     import rclpy
     from geometry_msgs.msg import TwistStamped
     from rclpy.executors import SingleThreadedExecutor
-    from std_msgs.msg import String
+    from std_msgs.msg import Float64, String
 
     from wmpo_core.runtime.episode import parse_event
     from wmpo_nodes.runtime_msgs import EVENTS_QOS
@@ -411,6 +412,10 @@ def test_teleop_waits_for_its_subscribers_before_the_first_episode(tmp_path, ros
         node.create_subscription(
             TwistStamped, TWIST_COMMAND_TOPIC, lambda m: twists.append(time.monotonic()), 100
         )
+        # On the twists only: the first gripper commands would still be lost, so no start.
+        wait_for(executor, lambda: False, 3.0)
+        assert "start" not in events, events
+        node.create_subscription(Float64, GRIPPER_COMMAND_TOPIC, lambda m: None, 100)
         assert wait_for(executor, lambda: "start" in events and len(twists) >= 5, 60), (
             teleop.output()[-2000:]
         )

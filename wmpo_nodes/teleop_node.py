@@ -126,7 +126,7 @@ class TeleopNode(Node):
             "wait_for_subscribers": (
                 1,
                 "expert + manage_episodes: start an episode only once this many subscribers "
-                "(the arm, the recorder) are matched to the twist topic",
+                "(the arm, the recorder) are matched to both the twist and the gripper topic",
             ),
         }
         values = {}
@@ -270,12 +270,17 @@ class TeleopNode(Node):
 
     def _request_episode(self) -> None:
         """Ask for the next episode; it begins when its start event arrives (_on_event)."""
-        matched = self.twist_pub.get_subscription_count()
+        # Both command topics: DDS matches endpoints topic by topic, so a recorder already
+        # on the twists can still miss the first gripper commands.
+        matched = min(
+            self.twist_pub.get_subscription_count(), self.gripper_pub.get_subscription_count()
+        )
         if matched < self.p["wait_for_subscribers"]:
             # A recorder that has not discovered us yet would miss the first commands.
             self.get_logger().info(
                 f"waiting for {self.p['wait_for_subscribers']} subscribers on "
-                f"{TWIST_COMMAND_TOPIC} (have {matched}): is the recorder running?",
+                f"{TWIST_COMMAND_TOPIC} and {GRIPPER_COMMAND_TOPIC} (have {matched}): "
+                "is the recorder running?",
                 throttle_duration_sec=5.0,
             )
             return
