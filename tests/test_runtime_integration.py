@@ -492,3 +492,40 @@ def test_executor_drives_a_joint_trajectory_controller_within_limits(probe):
     assert np.all(np.abs(np.diff(pos, axis=0)) <= 0.1 + 1e-9)
     assert pos[:, 0].max() > 0.5, "it moved toward the target, limited per step"
     assert commands[0].points[0].time_from_start.nanosec == pytest.approx(DT * 1e9)
+
+
+def test_executor_skips_a_backlog_of_stale_arm_states(probe):
+    """tick_source joint_states: a /joint_states older than max_tick_age_s (a backlog found by
+    a starved executor) sends no command; a fresh one ticks at once."""
+    from sensor_msgs.msg import JointState
+
+    from wmpo_core.interfaces import JOINT_STATES_TOPIC
+
+    joints_pub = probe.node.create_publisher(JointState, JOINT_STATES_TOPIC, 10)
+    ros_args = params("executor.yaml") + [
+        "-p", "tick_source:=joint_states", "-p", "max_tick_age_s:=0.25",
+        "-p", "require_episode:=false", "-p", "request_chunks:=false",
+    ]  # fmt: skip
+
+    def state(age: float) -> JointState:
+        msg = JointState(name=["j1"], position=[0.0])
+        msg.header.stamp = s_to_stamp(probe.now() - age)
+        return msg
+
+    with NodeProcess("wmpo_executor_node", ros_args) as node:
+        assert probe.wait(lambda: joints_pub.get_subscription_count() > 0, 20), node.output()
+        for _ in range(50):  # the executor's twist publisher may match after its subscription
+            joints_pub.publish(state(0.0))
+            if probe.wait(lambda: len(probe.twists) > 0, 0.1):
+                break
+        assert probe.twists, node.output()
+        probe.spin(0.5)  # the fresh states published before the first twist came back
+        n = len(probe.twists)
+        for _ in range(10):
+            joints_pub.publish(state(2.0))
+            probe.spin(0.05)
+        probe.spin(1.5)  # the diagnostics timer runs once a second
+        assert len(probe.twists) == n, "a stale arm state must not tick"
+        assert probe.counter("executor_node", "ticks_skipped_stale") == 10
+        joints_pub.publish(state(0.0))
+        assert probe.wait(lambda: len(probe.twists) == n + 1, 5), "a fresh state ticks again"

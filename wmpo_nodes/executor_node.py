@@ -118,6 +118,11 @@ class ExecutorNode(Node):
         d("ee_pose_timeout_s", 0.5, _ro("an EE pose older than this counts as unknown"))
         d("require_episode", True, _ro("hold unless an episode is running"))
         d("tick_source", "timer", _ro(f"one of {TICK_SOURCES}: what paces the control loop"))
+        d(
+            "max_tick_age_s",
+            0.25,
+            _ro("joint_states ticks: skip a /joint_states older than this (a backlog); 0 = off"),
+        )
         d("twist_topic", TWIST_COMMAND_TOPIC, _ro("TwistStamped command topic"))
         d("gripper_topic", GRIPPER_COMMAND_TOPIC, _ro("Float64 gripper command topic"))
         d("joint_trajectory_topic", JOINT_TRAJECTORY_TOPIC, _ro("JointTrajectory command topic"))
@@ -170,6 +175,7 @@ class ExecutorNode(Node):
         self._last_chunk_id = -1
         self._chunks_in = 0
         self._bad_chunks = 0
+        self._stale_ticks = 0
         self._throttle = Throttle(2.0)
         # The e-stop and its reset live in their own callback group, so a press is taken
         # by the executor's second thread even while a tick or a chunk is being handled
@@ -319,7 +325,26 @@ class ExecutorNode(Node):
             # The arm's own step time paces the loop (sim time for a lockstep sim). Between
             # episodes nothing is sent: a lockstep sim then stops stepping (and answers its
             # reset service at once), a wall-clock arm holds on its own command timeout.
+            if self._tick_is_stale(self._joint_stamp):
+                return
             self._tick(self._joint_stamp)
+
+    def _tick_is_stale(self, stamp: float) -> bool:
+        """A starved executor finds a backlog of arm states: ticking on each would send a
+        burst of commands stamped in the past (the arm refuses the stale ones) and play
+        queued actions late. Skip them; the next fresh state ticks, and the time-indexed
+        chunk queue drops the actions whose time has passed."""
+        limit = self._p["max_tick_age_s"]
+        age = self._now() - stamp
+        if limit <= 0 or age <= limit:
+            return False
+        self._stale_ticks += 1
+        self._warn(
+            "stale_tick",
+            f"skipped ticks on /joint_states up to {age:.2f} s old (> max_tick_age_s {limit}): "
+            "this executor is starved of CPU",
+        )
+        return True
 
     def _on_sim_state(self, msg: String) -> None:
         try:
@@ -423,6 +448,7 @@ class ExecutorNode(Node):
             "chunks_malformed": str(self._bad_chunks),
             "chunks_dropped": str(self.scheduler.dropped_chunks),
             "actions_skipped": str(self.scheduler.skipped_actions),
+            "ticks_skipped_stale": str(self._stale_ticks),
         }
         values.update({f"intervention_{k}": str(v) for k, v in self.safety.snapshot().items()})
         values.update(self._period.summary("command_period"))
