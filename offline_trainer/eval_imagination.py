@@ -145,6 +145,10 @@ def outcome(episodes, imagined, rm) -> dict:
         "agreement_imagined": balanced_agreement(on_imagined, truth),
         "agreement_real_frames": balanced_agreement(on_real, truth),
         "agreement_always_success": balanced_agreement(np.ones_like(truth), truth),
+        # Which way the imagined verdicts err: success imagined for a real failure is what
+        # GRPO exploits (reward hacking); a real success imagined as failure starves it.
+        "imagined_success_on_real_failure": int((on_imagined & ~truth).sum()),
+        "imagined_failure_on_real_success": int((~on_imagined & truth).sum()),
     }
 
 
@@ -263,6 +267,12 @@ def print_report(r: dict) -> None:
         f"{o['agreement_imagined']:.3f} | reward on real frames {o['agreement_real_frames']:.3f}"
         f" | always-success {o['agreement_always_success']:.3f}"
     )
+    if "imagined_success_on_real_failure" in o:
+        print(
+            f"  imagined success on a real failure (exploitable): "
+            f"{o['imagined_success_on_real_failure']}/{o['n'] - o['n_success']}; imagined "
+            f"failure on a real success: {o['imagined_failure_on_real_success']}/{o['n_success']}"
+        )
     for kind, row in r.get("counterfactual", {}).items():
         print(
             f"counterfactual {kind:<24} n={row['n']:>3} true succ={row['true_successes']:>3} "
