@@ -6,8 +6,8 @@ For each task and budget P, every method may use exactly P real episodes:
 - GRPO:        `wmpo train grpo-online` (GRPO with real sim rollouts; P pays every one).
 - DPO:         P real rollouts of the base policy -> `wmpo train dpo` (success/failure pairs).
 - WMPO:        the same P rollouts -> `wmpo train world-model --init WM --align V` (policy
-               behaviour alignment) + `wmpo train reward` (refresh; `--reward-imagined`:
-               calibrated on the aligned model's imagined replays) -> `wmpo train grpo`
+               behaviour alignment) + `wmpo train reward` (refresh; see --reward-refresh)
+               -> `wmpo train grpo`
                inside the aligned world model. Beside the real success we print the imagined
                success the GRPO trainer saw in its last iteration: imagined >> real is reward
                hacking / a world model that flatters the policy.
@@ -202,10 +202,12 @@ def run_task(runner: Runner, task: str, args, paths: dict[str, dict[str, str]]) 
                 cmd += ["--data", paths["demos"][task]]
             if task in paths["reward_model"]:  # refresh a trained one (its architecture)
                 cmd += ["--init", paths["reward_model"][task]]
-            if args.reward_imagined:  # calibrate on what GRPO will judge: imagined frames
+            if args.reward_refresh == "imagined":  # calibrated on what GRPO judges
                 cmd += ["--imagined-from", str(wm)]
             cmd += ["--minutes", str(args.reward_minutes), *th]
-            if not (rm / "manifest.json").is_file():
+            if args.reward_refresh == "none":
+                rm = Path(paths["reward_model"][task])
+            elif not (rm / "manifest.json").is_file():
                 runner.wmpo(f"{task}_P{p}_reward", cmd)
             cmd = ["train", "grpo", "--policy", policy, "--world-model", str(wm)]
             cmd += ["--reward", str(rm), "--store", str(store), "--out", str(run)]
@@ -288,10 +290,12 @@ def main() -> int:
     ap.add_argument("--wm-minutes", type=float, default=4.0, help="world-model alignment")
     ap.add_argument("--reward-minutes", type=float, default=2.0, help="reward refresh")
     ap.add_argument(
-        "--reward-imagined",
-        action="store_true",
-        help="refresh the reward model with --imagined-from the aligned world model (its "
-        "threshold is then set on imagined episodes, which GRPO judges)",
+        "--reward-refresh",
+        default="real",
+        choices=["real", "imagined", "none"],
+        help="WMPO's reward model: refreshed on the P rollouts (+ demos); 'imagined' also on "
+        "their replays in the aligned world model, its threshold set on those; 'none' uses "
+        "--reward-model as it is",
     )
     ap.add_argument("--grpo-iterations", type=int, default=10, help="WMPO GRPO iterations")
     ap.add_argument("--grpo-set", nargs="*", default=[], help="GRPOConfig FIELD=JSON (both GRPOs)")
@@ -313,6 +317,10 @@ def main() -> int:
         raise SystemExit("no task has a --policy")
     if "wmpo" not in args.skip and (missing := [t for t in tasks if t not in paths["world_model"]]):
         raise SystemExit(f"WMPO needs --world-model for {missing} (or --skip wmpo)")
+    if args.reward_refresh == "none" and (
+        missing := [t for t in tasks if t not in paths["reward_model"]]
+    ):
+        raise SystemExit(f"--reward-refresh none needs --reward-model for {missing}")
     work = Path(args.work)
     runner = Runner(work, args.threads)
     started = time.monotonic()

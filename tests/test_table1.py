@@ -1,0 +1,99 @@
+"""benchmarks/table1.py: the bookkeeping a day-long run depends on (resume per cell, the
+table it writes, refusals before any work starts). The run itself is measured, not tested
+(docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "table1.py"
+
+
+@pytest.fixture(scope="module")
+def table1():
+    spec = importlib.util.spec_from_file_location("table1", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Runner:
+    def __init__(self, work: Path):
+        self.work = work
+
+
+def test_a_finished_cell_is_never_run_again_and_a_failed_one_is(tmp_path, table1):
+    runner, calls = _Runner(tmp_path), []
+
+    def ok():
+        calls.append("ok")
+        return {"eval": {"success_rate": 0.5}}
+
+    first = table1.cell(runner, "Lift_base", ok)
+    again = table1.cell(runner, "Lift_base", ok)
+    assert calls == ["ok"] and again["eval"] == first["eval"] == {"success_rate": 0.5}
+
+    def boom():
+        calls.append("boom")
+        raise RuntimeError("eval_Lift_P32_dpo failed (exit 1)")
+
+    failed = table1.cell(runner, "Lift_P32_DPO", boom)
+    assert "exit 1" in failed["error"]
+    assert not (tmp_path / "cells" / "Lift_P32_DPO.json").exists()
+    table1.cell(runner, "Lift_P32_DPO", boom)  # retried on resume
+    assert calls == ["ok", "boom", "boom"]
+
+
+def _eval(rate: float, length: float | None) -> dict:
+    return {
+        "success_rate": rate,
+        "wilson95": [max(rate - 0.1, 0.0), min(rate + 0.1, 1.0)],
+        "episodes": 50,
+        "mean_success_length": length,
+    }
+
+
+def test_table_shows_relative_length_and_the_imagined_real_gap(table1):
+    rows = [
+        {"task": "Lift", "P": 0, "method": "base", "eval": _eval(0.26, 80.0)},
+        {
+            "task": "Lift",
+            "P": 32,
+            "method": "WMPO",
+            "eval": _eval(0.30, 76.0),
+            "imagined_success": 0.75,
+            "real_episodes": 32,
+        },
+        {"task": "Lift", "P": 32, "method": "DPO", "eval": _eval(0.0, None), "real_episodes": 32},
+        {"task": "Stack", "P": 32, "method": "GRPO", "error": "Stack_P32_grpo_online failed"},
+    ]
+    lines = table1.format_table(rows).splitlines()
+    assert lines[2].startswith("| Lift | – | base | 26.0 (16.0–36.0) | 50 | 1.00 |")
+    assert "| Lift | 32 | WMPO | 30.0 (20.0–40.0) | 50 | 0.95 | 75.0 | 32 |" in lines[3]
+    assert "| 50 | – |  | 32 |" in lines[4]  # no success: no relative length
+    assert "failed: Stack_P32_grpo_online failed" in lines[5]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "WMPO needs --world-model for ['Lift']"),
+        (
+            ["--world-model", "Lift=wm", "--reward-refresh", "none"],
+            "--reward-refresh none needs --reward-model for ['Lift']",
+        ),
+        (["--world-model", "Lift:wm"], "expected TASK=PATH"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(tmp_path, extra, message):
+    work = tmp_path / "work"
+    cmd = [sys.executable, str(SCRIPT), "--work", str(work), "--policy", "Lift=p", *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.returncode != 0 and message in out.stderr, out.stderr
+    assert not work.exists()
