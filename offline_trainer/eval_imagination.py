@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from wmpo_core.errors import WmpoError
-from wmpo_core.world_model.metrics import balanced_agreement, psnr, ssim
+from wmpo_core.world_model.metrics import balanced_agreement, psnr, ranking_auc, ssim
 from wmpo_core.world_model.training import select_episodes
 
 EDITS = ("gripper_never_closes", "gripper_opens_mid_lift", "lateral_offset", "stall")
@@ -139,7 +139,14 @@ def outcome(episodes, imagined, rm) -> dict:
     truth = np.array([bool(m.success) for _, m in episodes])
     on_imagined = np.array([rm.detect_success(imagined[m.id])[0] for _, m in episodes])
     on_real = np.array([rm.detect_success(np.asarray(s.load(m.id).frames))[0] for s, m in episodes])
+    # The best window's score, threshold-free: does imagination rank the outcomes at all?
+    best_imagined = [float(rm.window_probs(imagined[m.id])[0].max()) for _, m in episodes]
+    best_real = [
+        float(rm.window_probs(np.asarray(s.load(m.id).frames))[0].max()) for s, m in episodes
+    ]
     return {
+        "auc_imagined": ranking_auc(np.array(best_imagined), truth),
+        "auc_real_frames": ranking_auc(np.array(best_real), truth),
         "n": int(len(truth)),
         "n_success": int(truth.sum()),
         "agreement_imagined": balanced_agreement(on_imagined, truth),
@@ -267,6 +274,11 @@ def print_report(r: dict) -> None:
         f"{o['agreement_imagined']:.3f} | reward on real frames {o['agreement_real_frames']:.3f}"
         f" | always-success {o['agreement_always_success']:.3f}"
     )
+    if "auc_imagined" in o:
+        print(
+            f"  ranking AUC of the best window (threshold-free, 0.5 = chance): imagined "
+            f"{o['auc_imagined']:.3f} | real frames {o['auc_real_frames']:.3f}"
+        )
     if "imagined_success_on_real_failure" in o:
         print(
             f"  imagined success on a real failure (exploitable): "

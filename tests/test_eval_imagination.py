@@ -16,7 +16,7 @@ from offline_trainer.eval_imagination import EDITS, edit_actions
 from wmpo_core.cli import main as wmpo
 from wmpo_core.errors import WmpoError
 from wmpo_core.store import EpisodeStore
-from wmpo_core.world_model.metrics import psnr
+from wmpo_core.world_model.metrics import psnr, ranking_auc
 
 
 def _grasp_then_lift(t_close: int = 10, n: int = 40) -> np.ndarray:
@@ -51,6 +51,15 @@ def test_edits_refuse_what_does_not_apply():
     assert all(edit_actions(never_closed, kind, rng) is None for kind in EDITS)
     with pytest.raises(WmpoError, match="unknown edit type 'tilt'"):
         edit_actions(_grasp_then_lift(), "tilt", rng)
+
+
+def test_ranking_auc_against_hand_counts():
+    truth = np.array([True, True, False, False])
+    assert ranking_auc(np.array([0.9, 0.8, 0.1, 0.2]), truth) == 1.0
+    assert ranking_auc(np.array([0.1, 0.2, 0.9, 0.8]), truth) == 0.0
+    # success scores 0.5, 0.3; failures 0.4, 0.3: pairs (0.5>0.4, 0.5>0.3, 0.3<0.4, 0.3=0.3)
+    assert ranking_auc(np.array([0.5, 0.3, 0.4, 0.3]), truth) == pytest.approx(2.5 / 4)
+    assert np.isnan(ranking_auc(np.array([0.5, 0.3]), np.array([True, True])))
 
 
 @pytest.mark.sim
@@ -94,6 +103,8 @@ def test_report_on_real_sim_episodes(tmp_path, capsys):
     )
     assert o["agreement_imagined"] == pytest.approx(expected) and 0 <= wrong <= 2 * k
     assert o["agreement_always_success"] == 0.5
+    assert 0.0 <= o["auc_imagined"] <= 1.0 and 0.0 <= o["auc_real_frames"] <= 1.0
+    assert "ranking AUC of the best window" in printed
     # The copy-frame baseline is the first real frame against the real frame at h.
     first = next(m for m in store.metas() if m.n_frames > 8)
     frames = np.asarray(store.load(first.id).frames)

@@ -43,3 +43,15 @@ def balanced_agreement(pred: np.ndarray, truth: np.ndarray) -> float:
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
     accs = [float((pred[truth == v] == v).mean()) for v in (False, True) if (truth == v).any()]
     return float(np.mean(accs)) if accs else float("nan")
+
+
+def ranking_auc(scores: np.ndarray, truth: np.ndarray) -> float:
+    """P(a random success scores above a random failure), ties counting half: how well the
+    scores rank outcomes whatever the threshold (0.5 = chance, NaN without both classes)."""
+    scores, truth = np.asarray(scores, np.float64), np.asarray(truth, bool)
+    pos, neg = scores[truth], scores[~truth]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    above = (pos[:, None] > neg[None, :]).mean()
+    ties = (pos[:, None] == neg[None, :]).mean()
+    return float(above + 0.5 * ties)
