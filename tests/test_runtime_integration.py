@@ -494,7 +494,7 @@ def test_executor_drives_a_joint_trajectory_controller_within_limits(probe):
     assert commands[0].points[0].time_from_start.nanosec == pytest.approx(DT * 1e9)
 
 
-def test_executor_skips_a_backlog_of_stale_arm_states(probe):
+def test_executor_skips_a_backlog_of_stale_arm_states(probe, tmp_path):
     """tick_source joint_states: a /joint_states older than max_tick_age_s (a backlog found by
     a starved executor) sends no command; a fresh one ticks at once."""
     from sensor_msgs.msg import JointState
@@ -512,7 +512,7 @@ def test_executor_skips_a_backlog_of_stale_arm_states(probe):
         msg.header.stamp = s_to_stamp(probe.now() - age)
         return msg
 
-    with NodeProcess("wmpo_executor_node", ros_args) as node:
+    with NodeProcess("wmpo_executor_node", ros_args, log=tmp_path / "executor.log") as node:
         assert probe.wait(lambda: joints_pub.get_subscription_count() > 0, 20), node.output()
         for _ in range(50):  # the executor's twist publisher may match after its subscription
             joints_pub.publish(state(0.0))
@@ -527,5 +527,10 @@ def test_executor_skips_a_backlog_of_stale_arm_states(probe):
         probe.spin(1.5)  # the diagnostics timer runs once a second
         assert len(probe.twists) == n, "a stale arm state must not tick"
         assert probe.counter("executor_node", "ticks_skipped_stale") == 10
+        assert probe.wait(lambda: "starved of CPU" in node.output(), 5), node.output()
         joints_pub.publish(state(0.0))
         assert probe.wait(lambda: len(probe.twists) == n + 1, 5), "a fresh state ticks again"
+        # Sim-time stamps seen by a wall-clock executor: no tick, and the error names the fix.
+        joints_pub.publish(state(1000.0))
+        assert probe.wait(lambda: "use_sim_time:=true" in node.output(), 5), node.output()
+        assert len(probe.twists) == n + 1

@@ -92,6 +92,10 @@ def _ro(description: str) -> ParameterDescriptor:
     return ParameterDescriptor(read_only=True, description=description)
 
 
+# A /joint_states this far behind the node clock is on another clock (sim time vs wall).
+CLOCK_MISMATCH_S = 60.0
+
+
 class ExecutorNode(Node):
     def __init__(self):
         super().__init__("executor_node")
@@ -339,11 +343,18 @@ class ExecutorNode(Node):
         if limit <= 0 or age <= limit:
             return False
         self._stale_ticks += 1
-        self._warn(
-            "stale_tick",
-            f"skipped ticks on /joint_states up to {age:.2f} s old (> max_tick_age_s {limit}): "
-            "this executor is starved of CPU",
-        )
+        if age > CLOCK_MISMATCH_S:  # not a backlog: the arm stamps on another clock
+            self._warn(
+                "tick_clock",
+                f"/joint_states stamped {age:.0f} s behind this node's clock, no tick sent: "
+                "with a lockstep sim set use_sim_time:=true on executor_node too",
+            )
+        else:
+            self._warn(
+                "stale_tick",
+                f"skipped a tick on a /joint_states {age:.2f} s old (> max_tick_age_s "
+                f"{limit}): this executor is starved of CPU",
+            )
         return True
 
     def _on_sim_state(self, msg: String) -> None:
