@@ -193,9 +193,13 @@ def test_dynamic_sampling_draws_more_groups_and_bounds_the_rounds(tmp_path):
     assert ((rates >= 0.1) & (rates <= 0.9)).all()
     # nothing can succeed -> every group dropped, rounds bounded, update skipped
     trainer.reward.code = 255
+    logged: list[str] = []
+    trainer.log = logged.append
     row = trainer.step()
     assert row["train/skipped"] == 1.0 and row["groups/kept"] == 0.0
     assert row["groups/sampling_rounds"] == 3.0 and row["groups/frac_dropped"] == 1.0
+    # ...and the log says what to try
+    assert any("100 % of groups never succeeded at temperature" in m for m in logged), logged
 
 
 class Stop(Exception):
