@@ -328,6 +328,32 @@ def test_recorder_core_episode_cycle(tmp_path):
     assert topics.count(EPISODE_TOPIC) == 2  # start + stop (the label came after close)
 
 
+@pytest.mark.parametrize("clock", ["wall", "sim"])
+def test_commands_that_overtake_the_start_event_are_recorded(tmp_path, clock):
+    """Different topics arrive in any order: the first commands of an episode can reach
+    the recorder before its start event. Those received after the event's stamp belong to
+    the episode; earlier ones do not. A sim-time stamp cannot be compared: no pre-roll."""
+    rec = _recorder(tmp_path)
+    try:
+        rec.submit("/a", string_msg('{"n": 0}'), time.time_ns())  # before the episode began
+        start = event("start", "e1")  # published now...
+        if clock == "sim":
+            start["stamp"] = 12.3
+        time.sleep(0.01)
+        for n in (1, 2):  # ...overtaken by the first two commands
+            rec.submit("/a", string_msg(json.dumps({"n": n})), time.time_ns())
+        rec.submit_event(string_msg(json.dumps(start)), time.time_ns())
+        rec.submit("/a", string_msg('{"n": 3}'), time.time_ns())
+        rec.submit_event(string_msg(json.dumps(event("stop", "e1"))), time.time_ns())
+        assert rec.wait_idle()
+    finally:
+        rec.close()
+    bag = tmp_path / "bags" / "e1"
+    got = [json.loads(cdr_string(m.data))["n"] for m in iter_messages(bag) if m.topic == "/a"]
+    assert sorted(got) == ([1, 2, 3] if clock == "wall" else [3])
+    assert read_sidecar(bag).topics["/a"]["count"] == len(got)
+
+
 def test_disk_guard_stops_cleanly_and_says_so(tmp_path):
     logs: list[tuple[str, str]] = []
     topics = [RecordedTopic("/a", "std_msgs/msg/String")]

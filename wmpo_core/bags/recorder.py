@@ -22,6 +22,7 @@ import re
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,12 +137,18 @@ class RecorderConfig:
     discard_action: str = "mark"
     """On a discard event: 'mark' (sidecar status 'discarded'; ingest skips) or 'delete'."""
     episode_topic: str = EPISODE_TOPIC
+    preroll_s: float = 1.0
+    """Messages received up to this long before a start event is handled are kept, and
+    those received after the event's own stamp go into the bag: the first commands of an
+    episode can reach the recorder before its start event does (different topics)."""
 
     def __post_init__(self) -> None:
         if self.discard_action not in ("mark", "delete"):
             raise ValueError(
                 f"discard_action must be 'mark' or 'delete', got '{self.discard_action}'"
             )
+        if not 0 <= self.preroll_s < 60:
+            raise ValueError(f"preroll_s must be in [0, 60) seconds, got {self.preroll_s}")
         if self.min_free_bytes < 0 or self.max_queue_bytes <= 0:
             raise ValueError(
                 f"min_free_bytes ({self.min_free_bytes}) must be >= 0 and "
@@ -194,6 +201,8 @@ class EpisodeRecorder:
         self._latched: dict[str, tuple[int, bytes]] = {}
         self._last_seq: dict[str, int] = {}
         self._episode: _Episode | None = None
+        # (recv_ns, topic, data, seq gap) received while no episode was open (writer thread).
+        self._preroll: deque[tuple[int, str, bytes, int]] = deque()
         self._state = "idle"
         self._last_error = ""
         self._free_bytes = shutil.disk_usage(self.out).free
@@ -299,13 +308,40 @@ class EpisodeRecorder:
         ep = self._episode
         gap = self._seq_gap(topic, data)
         if ep is None:
+            self._keep_preroll(topic, data, recv_ns, gap)
             return
         if ep.latched_written.get(topic) == recv_ns:
             return  # already copied into the bag at the start (it raced the start event)
+        self._write_data(ep, topic, data, recv_ns, gap)
+
+    def _write_data(self, ep: _Episode, topic: str, data: bytes, recv_ns: int, gap: int) -> None:
         if gap:
             ep.seq_gaps[topic] = ep.seq_gaps.get(topic, 0) + gap
         ep.writer.write(topic, recv_ns, data)
         ep.data_messages += 1
+
+    def _keep_preroll(self, topic: str, data: bytes, recv_ns: int, gap: int) -> None:
+        if self.topics[topic].qos == "latched" or self.config.preroll_s <= 0:
+            return  # latched values are copied in at the start anyway
+        self._preroll.append((recv_ns, topic, data, gap))
+        oldest = recv_ns - int(self.config.preroll_s * 1e9)
+        while self._preroll and self._preroll[0][0] < oldest:
+            self._preroll.popleft()
+
+    def _write_preroll(self, ep: _Episode, event: dict[str, Any], recv_ns: int) -> int:
+        """Write what arrived after the start event was published but before it was
+        handled; nothing when the event's stamp is not on this clock (sim time)."""
+        stamp = _stamp_ns(event)
+        kept = list(self._preroll)
+        self._preroll.clear()
+        if not recv_ns - int(self.config.preroll_s * 1e9) <= stamp <= recv_ns:
+            return 0
+        written = 0
+        for t_ns, topic, data, gap in kept:
+            if t_ns >= stamp:
+                self._write_data(ep, topic, data, t_ns, gap)
+                written += 1
+        return written
 
     def _seq_gap(self, topic: str, data: bytes) -> int:
         spec = self.topics[topic].seq
@@ -394,7 +430,9 @@ class EpisodeRecorder:
         for topic, (latched_ns, payload) in latched.items():
             writer.write(topic, recv_ns, payload)
             self._episode.latched_written[topic] = latched_ns
-        self._log("info", f"recording episode '{eid}' -> {bag}")
+        early = self._write_preroll(self._episode, event, recv_ns)
+        note = f" ({early} messages that arrived before the start event)" if early else ""
+        self._log("info", f"recording episode '{eid}' -> {bag}{note}")
 
     def _amend_closed(self, eid: str, event: dict[str, Any]) -> None:
         """A label / discard for an episode whose bag is already closed: update its sidecar."""
