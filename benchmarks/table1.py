@@ -197,17 +197,17 @@ def run_task(runner: Runner, task: str, args, paths: dict[str, dict[str, str]]) 
             cmd += ["--minutes", str(args.wm_minutes), *th]
             if not (wm / "manifest.json").is_file():
                 runner.wmpo(f"{task}_P{p}_wm_align", cmd)
-            cmd = ["train", "reward", "--data", str(store), "--out", str(rm), "--task", task]
-            if task in paths["demos"]:
-                cmd += ["--data", paths["demos"][task]]
-            if task in paths["reward_model"]:  # refresh a trained one (its architecture)
-                cmd += ["--init", paths["reward_model"][task]]
-            if args.reward_refresh == "imagined":  # calibrated on what GRPO judges
-                cmd += ["--imagined-from", str(wm)]
-            cmd += ["--minutes", str(args.reward_minutes), *th]
             if args.reward_refresh == "none":
                 rm = Path(paths["reward_model"][task])
             elif not (rm / "manifest.json").is_file():
+                cmd = ["train", "reward", "--data", str(store), "--out", str(rm), "--task", task]
+                if task in paths["demos"]:
+                    cmd += ["--data", paths["demos"][task]]
+                if task in paths["reward_model"]:  # refresh a trained one (its architecture)
+                    cmd += ["--init", paths["reward_model"][task]]
+                if args.reward_refresh == "imagined":  # calibrated on what GRPO judges
+                    cmd += ["--imagined-from", str(wm)]
+                cmd += ["--minutes", str(args.reward_minutes), *th]
                 runner.wmpo(f"{task}_P{p}_reward", cmd)
             cmd = ["train", "grpo", "--policy", policy, "--world-model", str(wm)]
             cmd += ["--reward", str(rm), "--store", str(store), "--out", str(run)]

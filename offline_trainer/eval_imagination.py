@@ -137,16 +137,15 @@ def fidelity(episodes, imagined) -> dict:
 
 def outcome(episodes, imagined, rm) -> dict:
     truth = np.array([bool(m.success) for _, m in episodes])
-    on_imagined = np.array([rm.detect_success(imagined[m.id])[0] for _, m in episodes])
-    on_real = np.array([rm.detect_success(np.asarray(s.load(m.id).frames))[0] for s, m in episodes])
-    # The best window's score, threshold-free: does imagination rank the outcomes at all?
-    best_imagined = [float(rm.window_probs(imagined[m.id])[0].max()) for _, m in episodes]
-    best_real = [
-        float(rm.window_probs(np.asarray(s.load(m.id).frames))[0].max()) for s, m in episodes
-    ]
+    # The best window's score per episode, scored once: thresholded it is detect_success's
+    # verdict (some window above the threshold); unthresholded it ranks the outcomes.
+    best_imagined = np.array([_best_window(rm, imagined[m.id]) for _, m in episodes])
+    best_real = np.array([_best_window(rm, s.load(m.id).frames) for s, m in episodes])
+    on_imagined = best_imagined > rm.config.threshold
+    on_real = best_real > rm.config.threshold
     return {
-        "auc_imagined": ranking_auc(np.array(best_imagined), truth),
-        "auc_real_frames": ranking_auc(np.array(best_real), truth),
+        "auc_imagined": ranking_auc(best_imagined, truth),
+        "auc_real_frames": ranking_auc(best_real, truth),
         "n": int(len(truth)),
         "n_success": int(truth.sum()),
         "agreement_imagined": balanced_agreement(on_imagined, truth),
@@ -157,6 +156,10 @@ def outcome(episodes, imagined, rm) -> dict:
         "imagined_success_on_real_failure": int((on_imagined & ~truth).sum()),
         "imagined_failure_on_real_success": int((~on_imagined & truth).sum()),
     }
+
+
+def _best_window(rm, frames) -> float:
+    return float(rm.window_probs(np.asarray(frames))[0].max())
 
 
 def write_videos(episodes, imagined, out: Path, n: int) -> list[str]:

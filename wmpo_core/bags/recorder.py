@@ -203,6 +203,7 @@ class EpisodeRecorder:
         self._episode: _Episode | None = None
         # (recv_ns, topic, data, seq gap) received while no episode was open (writer thread).
         self._preroll: deque[tuple[int, str, bytes, int]] = deque()
+        self._preroll_ns = int(config.preroll_s * 1e9)
         self._state = "idle"
         self._last_error = ""
         self._free_bytes = shutil.disk_usage(self.out).free
@@ -321,27 +322,22 @@ class EpisodeRecorder:
         ep.data_messages += 1
 
     def _keep_preroll(self, topic: str, data: bytes, recv_ns: int, gap: int) -> None:
-        if self.topics[topic].qos == "latched" or self.config.preroll_s <= 0:
+        if self.topics[topic].qos == "latched" or not self._preroll_ns:
             return  # latched values are copied in at the start anyway
         self._preroll.append((recv_ns, topic, data, gap))
-        oldest = recv_ns - int(self.config.preroll_s * 1e9)
-        while self._preroll and self._preroll[0][0] < oldest:
+        while self._preroll[0][0] < recv_ns - self._preroll_ns:
             self._preroll.popleft()
 
     def _write_preroll(self, ep: _Episode, event: dict[str, Any], recv_ns: int) -> int:
         """Write what arrived after the start event was published but before it was
         handled; nothing when the event's stamp is not on this clock (sim time)."""
         stamp = _stamp_ns(event)
-        kept = list(self._preroll)
+        on_this_clock = recv_ns - self._preroll_ns <= stamp <= recv_ns
+        early = [m for m in self._preroll if on_this_clock and m[0] >= stamp]
         self._preroll.clear()
-        if not recv_ns - int(self.config.preroll_s * 1e9) <= stamp <= recv_ns:
-            return 0
-        written = 0
-        for t_ns, topic, data, gap in kept:
-            if t_ns >= stamp:
-                self._write_data(ep, topic, data, t_ns, gap)
-                written += 1
-        return written
+        for t_ns, topic, data, gap in early:
+            self._write_data(ep, topic, data, t_ns, gap)
+        return len(early)
 
     def _seq_gap(self, topic: str, data: bytes) -> int:
         spec = self.topics[topic].seq
