@@ -354,6 +354,13 @@ def test_commands_that_overtake_the_start_event_are_recorded(tmp_path, clock):
     assert read_sidecar(bag).topics["/a"]["count"] == len(got)
 
 
+@pytest.mark.parametrize("preroll_s", [-0.5, 60.0, float("nan")])
+def test_a_preroll_outside_its_range_is_refused(tmp_path, preroll_s):
+    topics = [RecordedTopic("/a", "std_msgs/msg/String")]
+    with pytest.raises(ValueError, match=r"preroll_s must be in \[0, 60\) seconds"):
+        RecorderConfig(str(tmp_path / "bags"), topics, preroll_s=preroll_s)
+
+
 def test_disk_guard_stops_cleanly_and_says_so(tmp_path):
     logs: list[tuple[str, str]] = []
     topics = [RecordedTopic("/a", "std_msgs/msg/String")]
