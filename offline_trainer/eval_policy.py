@@ -97,16 +97,23 @@ def rollout(
     instruction: str,
     record: bool = False,
     chunk_strategy: str = "open_loop",
+    extra_steps: int = 0,
 ) -> tuple[EpisodeResult, list[np.ndarray]]:
     """One episode. 'open_loop': predict a chunk from the current frame, execute it, repeat.
     'temporal_ensemble': predict a chunk every step and play the executor's own ensemble
-    of the overlapping chunks (wmpo_core.runtime.chunking, as executor_node does)."""
+    of the overlapping chunks (wmpo_core.runtime.chunking, as executor_node does).
+
+    The episode ends `extra_steps` after the sim's success flag rises (0: at once, what
+    evaluation counts) or at the horizon. With extra steps the flag must stay up through
+    them, as for the scripted experts' episodes: a stored success then ends on frames that
+    show the result (the cube held up), not on the instant the flag rose."""
     t0 = time.monotonic()
     obs = arm.reset(seed)
     policy.reset()
     frames = [obs.image] if record else []
     scheduler = _scheduler(chunk_strategy, arm)
     success = False
+    success_step = None
     while arm.step_count < arm.horizon and not success:
         chunk = policy.predict_chunk(
             Observation(images={"camera": obs.image}, instruction=instruction)
@@ -119,9 +126,15 @@ def rollout(
             obs = arm.step(action)
             if record:
                 frames.append(obs.image)
-            success = arm.success()
+            flag = arm.success()
+            if flag and success_step is None:
+                success_step = arm.step_count
+            elif not flag:
+                success_step = None  # lost it again (dropped): not a success yet
+            success = success_step is not None and arm.step_count >= success_step + extra_steps
             if success or arm.step_count >= arm.horizon:
                 break
+    success = success_step is not None  # at the horizon: the flag is up at the end
     result = EpisodeResult(seed, success, arm.step_count, time.monotonic() - t0)
     return result, frames
 

@@ -10,7 +10,9 @@ DPO need).
 
 Labels: the sim's privileged success flag stands in for the operator's label on a
 real robot (`labelled_by="sim"`). An episode ends at the first success or at the
-horizon, as on the robot when the operator presses "success".
+horizon, as on the robot when the operator presses "success"; episodes written to a
+store (`collect_to_store`) go on 8 steps past the success flag, as the scripted experts'
+do, so a stored success ends on frames that show its result.
 
 Seeds: demonstrations use seeds from 0 (`wmpo collect`), evaluation from 100000
 (eval_policy.EVAL_SEED_START); real rollouts for training use
@@ -34,6 +36,7 @@ import torch
 from offline_trainer.eval_policy import EVAL_SEED_START, rollout
 from wmpo_core.errors import WmpoError
 from wmpo_core.policy_api import Observation
+from wmpo_core.sim.episode import EXTRA_STEPS_AFTER_SUCCESS
 
 ROLLOUT_SEED_START = 50_000
 """First seed of training rollouts (below the evaluation seeds, above the demonstrations)."""
@@ -137,9 +140,12 @@ class SampledChunkPolicy:
         return chunk
 
 
-def run_real_episode(arm, policy: SampledChunkPolicy, seed: int, instruction: str) -> RealRollout:
-    """One episode through eval_policy.rollout, with the sampled chunks attached."""
-    result, frames = rollout(arm, policy, seed, instruction, record=True)
+def run_real_episode(
+    arm, policy: SampledChunkPolicy, seed: int, instruction: str, extra_steps: int = 0
+) -> RealRollout:
+    """One episode through eval_policy.rollout, with the sampled chunks attached; it goes on
+    `extra_steps` after the success flag rises (see `rollout`)."""
+    result, frames = rollout(arm, policy, seed, instruction, record=True, extra_steps=extra_steps)
     executed = np.concatenate(policy.actions)[: result.length]  # the last chunk may be cut
     return RealRollout(
         seed=seed,
@@ -168,8 +174,11 @@ def collect_real_rollouts(
     budget: RealBudget,
     instruction: str,
     progress: bool = False,
+    extra_steps: int = 0,
 ) -> list[RealRollout]:
-    """One real episode per seed (repeat a seed for a group), each paid from `budget` first."""
+    """One real episode per seed (repeat a seed for a group), each paid from `budget` first.
+    `extra_steps`: steps recorded after the success flag rises (0: the episode ends there,
+    what the online GRPO baseline rewards)."""
     out = []
     for seed in seeds:
         if seed >= EVAL_SEED_START:
@@ -178,7 +187,7 @@ def collect_real_rollouts(
                 f"use seeds from {ROLLOUT_SEED_START}"
             )
         budget.take(1)
-        out.append(run_real_episode(arm, policy, int(seed), instruction))
+        out.append(run_real_episode(arm, policy, int(seed), instruction, extra_steps))
         if progress:
             ok = sum(r.success for r in out)
             print(
@@ -239,8 +248,14 @@ def collect_to_store(
     image_size: int = 64,
     horizon: int | None = None,
     progress: bool = True,
+    extra_steps: int = EXTRA_STEPS_AFTER_SUCCESS,
 ) -> list[str]:
     """P real rollouts of a policy into an episode store; returns the new episode ids.
+
+    A success is recorded `extra_steps` past the sim's flag (the scripted experts' 8), so
+    its last frames show the result: the world model aligned on these episodes learns what
+    the policy's success looks like after the instant, and the reward model's positives
+    (a success's final window) show it too.
 
     `repeats` > 1 runs each initial state that many times (DPO can then pair a success
     and a failure from the same state). Idempotent: ids already in the store are skipped
@@ -265,7 +280,9 @@ def collect_to_store(
             if episode_id in have:
                 budget.take(1)
                 continue
-            (r,) = collect_real_rollouts(arm, sampler, [seed], budget, instruction, progress)
+            (r,) = collect_real_rollouts(
+                arm, sampler, [seed], budget, instruction, progress, extra_steps
+            )
             add_to_store(store, r, task, episode_id, version)
     return ids
 
@@ -280,6 +297,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--image-size", type=int, default=64, help="stored frame size")
     p.add_argument("--horizon", type=int, default=None, help="step limit (default: task's)")
+    p.add_argument(
+        "--extra-steps",
+        type=int,
+        default=EXTRA_STEPS_AFTER_SUCCESS,
+        help="steps recorded after the success flag rises, so a success ends on its result",
+    )
     p.add_argument("--threads", type=int, default=1)
 
 
@@ -296,6 +319,7 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         image_size=args.image_size,
         horizon=args.horizon,
+        extra_steps=args.extra_steps,
     )
     print(f"{len(ids)} real rollouts in {args.out} ({time.monotonic() - t0:.0f} s)")
     return 0

@@ -200,3 +200,38 @@ def test_online_grpo_in_the_real_sim_counts_episodes_against_the_budget(tmp_path
     assert manifest["baseline"] == "grpo-online" and manifest["real_budget"] == 5
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert sum(m["rollout/real_episodes"] for m in metrics) == 4
+
+
+class _ExpertChunks:
+    """The scripted Lift expert as a one-action ChunkPolicy (reads the sim's state)."""
+
+    def __init__(self, arm, seed: int):
+        from wmpo_core.sim.experts import make_expert
+
+        self.arm, self.expert = arm, make_expert("Lift", seed=seed)
+
+    def reset(self) -> None:
+        self.expert.reset()
+
+    def predict_chunk(self, obs) -> np.ndarray:
+        return self.expert.act(self.arm.privileged_state())[None].astype(np.float32)
+
+
+def test_stored_rollouts_go_on_past_the_success_flag_and_evaluation_does_not():
+    """A stored success must end on frames that show its result (as the experts' episodes
+    do); evaluation still stops at the flag, so success rates and lengths are unchanged."""
+    from offline_trainer.eval_policy import rollout
+    from offline_trainer.real_rollouts import open_arm
+
+    with open_arm("Lift", 32, horizon=120) as arm:
+        at_flag, frames = rollout(arm, _ExpertChunks(arm, 1), 1, INSTRUCTION, record=True)
+        assert at_flag.success and len(frames) == at_flag.length + 1
+        after, frames = rollout(
+            arm, _ExpertChunks(arm, 1), 1, INSTRUCTION, record=True, extra_steps=8
+        )
+        assert after.success and after.length == at_flag.length + 8
+        assert len(frames) == after.length + 1 and arm.success()  # still held up
+        # A horizon that cuts the extra steps short still counts the flag that is up.
+        with open_arm("Lift", 32, horizon=at_flag.length + 3) as short:
+            cut, _ = rollout(short, _ExpertChunks(short, 1), 1, INSTRUCTION, extra_steps=8)
+        assert cut.success and cut.length == at_flag.length + 3
