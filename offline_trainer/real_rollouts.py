@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from offline_trainer.eval_policy import EVAL_SEED_START, rollout
 from wmpo_core.errors import WmpoError
@@ -271,19 +272,25 @@ def collect_to_store(
     sampler = SampledChunkPolicy(vla, temperature)
     instruction = task_spec(task).instruction
     ids = []
+    successes = 0
     torch.manual_seed(seed_start)
-    with open_arm(task, image_size, horizon) as arm:
+    bar = tqdm(total=episodes, desc=f"rollouts {task}", unit="ep", disable=not progress)
+    with open_arm(task, image_size, horizon) as arm, bar:
         for i in range(episodes):
             seed = seed_start + i // repeats
             episode_id = f"{task}-rollout-{version}-{seed}-{i % repeats}"
             ids.append(episode_id)
             if episode_id in have:
                 budget.take(1)
-                continue
-            (r,) = collect_real_rollouts(
-                arm, sampler, [seed], budget, instruction, progress, extra_steps
-            )
-            add_to_store(store, r, task, episode_id, version)
+                successes += int(store.meta(episode_id).success)
+            else:
+                (r,) = collect_real_rollouts(
+                    arm, sampler, [seed], budget, instruction, extra_steps=extra_steps
+                )
+                add_to_store(store, r, task, episode_id, version)
+                successes += int(r.success)
+            bar.update(1)
+            bar.set_postfix(success=f"{successes}/{i + 1}")
     return ids
 
 

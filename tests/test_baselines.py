@@ -235,3 +235,24 @@ def test_stored_rollouts_go_on_past_the_success_flag_and_evaluation_does_not():
         with open_arm("Lift", 32, horizon=at_flag.length + 3) as short:
             cut, _ = rollout(short, _ExpertChunks(short, 1), 1, INSTRUCTION, extra_steps=8)
         assert cut.success and cut.length == at_flag.length + 3
+
+
+def test_collect_to_store_is_idempotent_and_labels_rollouts(tmp_path):
+    from offline_trainer.real_rollouts import collect_to_store
+    from wmpo_core.store import EpisodeStore
+
+    torch.set_num_threads(1)
+    ckpt = tiny_policy_checkpoint(tmp_path / "policy")
+    kw = dict(image_size=32, horizon=8, progress=False)
+    ids = collect_to_store(ckpt, "Lift", 2, tmp_path / "store", repeats=2, **kw)
+    assert len(ids) == 2 and ids[0].endswith("-50000-0") and ids[1].endswith("-50000-1")
+    store = EpisodeStore(tmp_path / "store")
+    for episode_id in ids:
+        meta = store.meta(episode_id)
+        assert meta.kind == "rollout" and meta.seed == 50_000 and meta.n_frames == 9
+        assert meta.success is False and meta.labelled_by == "sim"
+    mtimes = sorted(p.stat().st_mtime_ns for p in (tmp_path / "store").rglob("*") if p.is_file())
+    # Re-running (a resumed table) runs nothing new and returns the same ids.
+    assert collect_to_store(ckpt, "Lift", 2, tmp_path / "store", repeats=2, **kw) == ids
+    again = sorted(p.stat().st_mtime_ns for p in (tmp_path / "store").rglob("*") if p.is_file())
+    assert again == mtimes and sorted(store.ids()) == sorted(ids)
