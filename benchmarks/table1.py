@@ -93,15 +93,52 @@ class Runner:
         return seconds
 
 
-def evaluate(runner: Runner, name: str, ckpt: Path, task: str, args) -> dict[str, Any]:
-    out = runner.work / "evals" / f"{name}.json"
+def evaluate(
+    runner: Runner, name: str, ckpt: Path, task: str, args, temperature: float = 0.0
+) -> dict[str, Any]:
+    """Success on the evaluation seeds, greedy (temperature 0, the robot's decoding) or
+    sampled at `temperature` (seeded, so re-runs agree); cached per name and temperature."""
+    suffix = f"_T{temperature:g}" if temperature > 0 else ""
+    out = runner.work / "evals" / f"{name}{suffix}.json"
     if not out.is_file():
         cmd = ["eval", "policy", str(ckpt), "--task", task, "--episodes", str(args.eval_episodes)]
         cmd += ["--json", str(out), "--no-progress"]
+        if temperature > 0:
+            cmd += ["--temperature", f"{temperature:g}"]
         if args.eval_horizon:
             cmd += ["--horizon", str(args.eval_horizon)]
-        runner.wmpo(f"eval_{name}", cmd)
+        runner.wmpo(f"eval_{name}{suffix}", cmd)
     return json.loads(out.read_text())
+
+
+def method_checkpoint(work: Path, task: str, p: int, method: str, base_policy: str) -> Path:
+    """Where each method's trained policy lives under --work (the base policy for 'base')."""
+    run = work / task / f"P{p}"
+    return {
+        "base": Path(base_policy),
+        "GRPO": run / "grpo_online" / "policy",
+        "DPO": run / "dpo",
+        "WMPO": run / "wmpo_grpo" / "policy",
+    }[method]
+
+
+def add_sampled_evals(runner: Runner, rows: list[dict], args, policies: dict[str, str]) -> None:
+    """Every finished row also evaluated sampling at each --eval-temperature: GRPO (online
+    and in imagination) optimises the policy it samples from, which for a tiny policy with
+    flat token distributions is not what greedy decoding does."""
+    for r in rows:
+        if "eval" not in r:
+            continue
+        ckpt = method_checkpoint(runner.work, r["task"], r["P"], r["method"], policies[r["task"]])
+        name = (
+            f"{r['task']}_base"
+            if r["method"] == "base"
+            else f"{r['task']}_P{r['P']}_{r['method'].lower()}"
+        )
+        r["sampled"] = {
+            f"{t:g}": evaluate(runner, name, ckpt, r["task"], args, t)
+            for t in args.eval_temperature
+        }
 
 
 def cell(runner: Runner, name: str, fn) -> dict[str, Any]:
@@ -243,26 +280,36 @@ def format_table(rows: list[dict]) -> str:
         for r in rows
         if r["method"] == "base" and "eval" in r
     }
+    temps = sorted({t for r in rows for t in r.get("sampled", {})}, key=float)
     lines = [
-        "| task | P | method | real success % (95 % CI) | n eval | rel. len (successes) | imagined success % (end of GRPO) | real episodes used |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task | P | method | real success % (95 % CI) | n eval | rel. len (successes) | "
+        + "".join(f"sampled at T = {t}: real success % (95 % CI) | " for t in temps)
+        + "imagined success % (end of GRPO) | real episodes used |",
+        "|---|---|---|---|---|---|" + "---|" * len(temps) + "---|---|",
     ]
     for r in rows:
         head = f"| {SHORT[r['task']]} | {r['P'] or '–'} | {r['method']} |"
         if "eval" not in r:
-            lines.append(f"{head} failed: {r.get('error', '?')[:80]} | | | | |")
+            lines.append(f"{head} failed: {r.get('error', '?')[:80]} |" + " |" * (4 + len(temps)))
             continue
         ev = r["eval"]
-        lo, hi = ev["wilson95"]
         rel = "–"
         if ev["mean_success_length"] and base_len.get(r["task"]):
             rel = f"{ev['mean_success_length'] / base_len[r['task']]:.2f}"
+        sampled = "".join(
+            f" {_rate(r['sampled'][t])} |" if t in r.get("sampled", {}) else " |" for t in temps
+        )
         imag = f"{100 * r['imagined_success']:.1f}" if "imagined_success" in r else ""
         lines.append(
-            f"{head} {100 * ev['success_rate']:.1f} ({100 * lo:.1f}–{100 * hi:.1f}) | "
-            f"{ev['episodes']} | {rel} | {imag} | {r.get('real_episodes', 0)} |"
+            f"{head} {_rate(ev)} | {ev['episodes']} | {rel} |{sampled} {imag} | "
+            f"{r.get('real_episodes', 0)} |"
         )
     return "\n".join(lines)
+
+
+def _rate(ev: dict) -> str:
+    lo, hi = ev["wilson95"]
+    return f"{100 * ev['success_rate']:.1f} ({100 * lo:.1f}–{100 * hi:.1f})"
 
 
 def main() -> int:
@@ -281,6 +328,14 @@ def main() -> int:
     )
     ap.add_argument("--eval-episodes", type=int, default=50)
     ap.add_argument("--eval-horizon", type=int, default=None, help="eval step limit (task's)")
+    ap.add_argument(
+        "--eval-temperature",
+        nargs="*",
+        type=float,
+        default=[],
+        help="also evaluate every row sampling at these temperatures (> 0; e.g. the GRPO "
+        "temperature: what GRPO optimises), beside the greedy column",
+    )
     ap.add_argument(
         "--train-horizon", type=int, default=None, help="real training episodes' step limit"
     )
@@ -321,6 +376,10 @@ def main() -> int:
         missing := [t for t in tasks if t not in paths["reward_model"]]
     ):
         raise SystemExit(f"--reward-refresh none needs --reward-model for {missing}")
+    if bad := [t for t in args.eval_temperature if not t > 0]:
+        raise SystemExit(
+            f"--eval-temperature {bad}: temperatures must be > 0 (greedy is always run)"
+        )
     work = Path(args.work)
     runner = Runner(work, args.threads)
     started = time.monotonic()
@@ -328,6 +387,7 @@ def main() -> int:
     for task in tasks:
         print(f"{task}: budgets {args.budgets}, {args.eval_episodes} eval episodes", flush=True)
         rows += run_task(runner, task, args, paths)
+    add_sampled_evals(runner, rows, args, paths["policy"])
     table = format_table(rows)
     hours = (time.monotonic() - started) / 3600
     stamp = datetime.date.today().isoformat()

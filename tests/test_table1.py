@@ -80,9 +80,62 @@ def test_table_shows_relative_length_and_the_imagined_real_gap(table1):
     assert "failed: Stack_P32_grpo_online failed" in lines[5]
 
 
+def test_sampled_column_beside_greedy(table1):
+    rows = [
+        {"task": "Lift", "P": 0, "method": "base", "eval": _eval(0.26, 80.0)},
+        {
+            "task": "Lift",
+            "P": 32,
+            "method": "WMPO",
+            "eval": _eval(0.10, 30.0),
+            "sampled": {"1": _eval(0.48, 55.0)},
+            "imagined_success": 0.7,
+            "real_episodes": 32,
+        },
+    ]
+    lines = table1.format_table(rows).splitlines()
+    assert "sampled at T = 1: real success % (95 % CI)" in lines[0]
+    assert lines[0].count("|") == lines[1].count("|") == lines[3].count("|")
+    assert "| 10.0 (0.0–20.0) | 50 | 0.38 | 48.0 (38.0–58.0) | 70.0 | 32 |" in lines[3]
+    assert "| 50 | 1.00 | |  | 0 |" in lines[2]  # no sampled eval for this row: empty cell
+
+
+def test_sampled_evals_use_each_methods_checkpoint_and_are_cached(tmp_path, table1):
+    class Recorder(_Runner):
+        calls: list = []
+
+        def wmpo(self, name, cmd):
+            self.calls.append(cmd)
+            out = Path(cmd[cmd.index("--json") + 1])
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text('{"success_rate": 0.5}')
+
+    runner = Recorder(tmp_path)
+    args = type("A", (), {"eval_episodes": 50, "eval_horizon": None, "eval_temperature": [1.0]})
+    rows = [
+        {"task": "Lift", "P": 0, "method": "base", "eval": {}},
+        {"task": "Lift", "P": 32, "method": "WMPO", "eval": {}},
+        {"task": "Lift", "P": 32, "method": "DPO", "error": "failed"},
+    ]
+    table1.add_sampled_evals(runner, rows, args, {"Lift": "assets/policies/Lift-bc40"})
+    assert [c[2] for c in runner.calls] == [
+        "assets/policies/Lift-bc40",
+        str(tmp_path / "Lift" / "P32" / "wmpo_grpo" / "policy"),
+    ]
+    assert all(c[c.index("--temperature") + 1] == "1" for c in runner.calls)
+    assert (tmp_path / "evals" / "Lift_P32_wmpo_T1.json").is_file()
+    assert rows[1]["sampled"] == {"1": {"success_rate": 0.5}} and "sampled" not in rows[2]
+    table1.add_sampled_evals(runner, rows, args, {"Lift": "assets/policies/Lift-bc40"})
+    assert len(runner.calls) == 2  # cached: a resumed table does not evaluate again
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
+        (
+            ["--world-model", "Lift=wm", "--eval-temperature", "0"],
+            "temperatures must be > 0",
+        ),
         ([], "WMPO needs --world-model for ['Lift']"),
         (
             ["--world-model", "Lift=wm", "--reward-refresh", "none"],
