@@ -176,3 +176,24 @@ def test_base_preset_checkpoint_round_trip(tmp_path):
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     assert policy.image_size == 32
     assert policy.predict_chunk(_obs(size=64)).shape == (8, 7)
+
+
+def test_runtime_loader_samples_a_checkpoint_at_a_temperature(tmp_path):
+    """policy_node's `temperature` parameter: greedy by default, seeded sampling when > 0,
+    refused where it means nothing (scripted / random) or is not a temperature."""
+    from wmpo_core.errors import WmpoError
+    from wmpo_core.runtime.policies import load_policy as runtime_load
+
+    path, _, _ = _save(tmp_path)
+    greedy = runtime_load(str(path))
+    assert np.array_equal(greedy.predict_chunk(_obs()), greedy.predict_chunk(_obs()))
+    sampled = runtime_load(str(path), temperature=1.0, seed=3)
+    first = sampled.predict_chunk(_obs())
+    assert not np.array_equal(first, greedy.predict_chunk(_obs()))
+    sampled.reset()
+    assert np.array_equal(sampled.predict_chunk(_obs()), first)  # seeded, restarts per episode
+    with pytest.raises(WmpoError, match="checkpoint policies only"):
+        runtime_load("random", temperature=1.0)
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(WmpoError, match="finite value >= 0"):
+            runtime_load(str(path), temperature=bad)

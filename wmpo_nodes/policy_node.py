@@ -88,6 +88,15 @@ class PolicyNode(LifecycleNode):
             ),
         )
         self.declare_parameter("seed", 0, ro)
+        self.declare_parameter(
+            "temperature",
+            0.0,
+            ParameterDescriptor(
+                read_only=True,
+                description="0 = greedy (default); > 0 samples a checkpoint's action tokens at "
+                "this temperature, seeded by 'seed' (what GRPO optimised; docs/grpo.md)",
+            ),
+        )
         self.declare_parameter("device", "cpu", ro)
         self.declare_parameter("camera_topics", [CAMERA_TOPIC], ro)
         self.declare_parameter(
@@ -232,6 +241,7 @@ class PolicyNode(LifecycleNode):
                 "task",
                 "chunk_size",
                 "seed",
+                "temperature",
                 "device",
                 "trigger",
                 "added_latency_s",
@@ -258,6 +268,7 @@ class PolicyNode(LifecycleNode):
                 seed=p["seed"],
                 device=p["device"],
                 delay_s=p["added_latency_s"],
+                temperature=p["temperature"],
             )
             if registry is not None:
                 self.policy.version = version
@@ -522,6 +533,7 @@ class PolicyNode(LifecycleNode):
                 seed=p["seed"],
                 device=p["device"],
                 delay_s=p["added_latency_s"],
+                temperature=p["temperature"],
             )
 
         self._swapper = RegistryHotSwapper(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -221,12 +222,22 @@ def load_policy(
     noise: float = 0.0,
     device: str = "cpu",
     delay_s: float = 0.0,
+    temperature: float = 0.0,
 ) -> ChunkPolicy:
     """A policy from its spec string ('scripted', 'random' or a checkpoint directory).
 
     chunk_size 0 keeps each policy's own default; delay_s > 0 wraps it in DelayedPolicy.
+    temperature 0 decodes a checkpoint greedily; > 0 samples its action tokens at that
+    temperature from a generator seeded with `seed` (restarted by `reset`).
     """
     spec = spec.strip()
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise WmpoError(f"policy temperature must be a finite value >= 0, got {temperature}")
+    if temperature > 0 and spec in ("scripted", "scripted-markov", "random"):
+        raise WmpoError(
+            f"policy temperature {temperature:g} applies to checkpoint policies only, not "
+            f"'{spec}' (set temperature:=0.0)"
+        )
     if spec == "scripted-markov":
         policy = MarkovLiftPolicy(chunk_size or DEFAULT_CHUNK_SIZE)
     elif spec == "scripted":
@@ -234,13 +245,13 @@ def load_policy(
     elif spec == "random":
         policy = RandomPolicy(chunk_size or DEFAULT_CHUNK_SIZE, seed=seed)
     else:
-        policy = _load_checkpoint(spec, device)
+        policy = _load_checkpoint(spec, device, temperature, seed)
     if not isinstance(policy, ChunkPolicy):
         raise WmpoError(f"policy '{spec}': {type(policy).__name__} does not implement ChunkPolicy")
     return DelayedPolicy(policy, delay_s) if delay_s > 0 else policy
 
 
-def _load_checkpoint(spec: str, device: str) -> ChunkPolicy:
+def _load_checkpoint(spec: str, device: str, temperature: float, seed: int) -> ChunkPolicy:
     path = Path(spec).expanduser()
     if not spec or not path.exists():
         raise CheckpointError(
@@ -258,5 +269,10 @@ def _load_checkpoint(spec: str, device: str) -> ChunkPolicy:
         raise WmpoError(
             f"policy '{spec}': wmpo_core.policy has no load_policy_checkpoint() in this build"
         )
-    kwargs = {"device": device} if "device" in inspect.signature(loader).parameters else {}
+    accepted = inspect.signature(loader).parameters
+    kwargs = {"device": device} if "device" in accepted else {}
+    if temperature > 0:
+        if "temperature" not in accepted:
+            raise WmpoError(f"policy '{spec}': this build's loader cannot sample (temperature)")
+        kwargs |= {"temperature": temperature, "seed": seed}
     return loader(path, **kwargs)
