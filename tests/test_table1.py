@@ -102,7 +102,9 @@ def test_sampled_column_beside_greedy(table1):
 
 def test_sampled_evals_use_each_methods_checkpoint_and_are_cached(tmp_path, table1):
     class Recorder(_Runner):
-        calls: list = []
+        def __init__(self, work: Path):
+            super().__init__(work)
+            self.calls: list[list[str]] = []
 
         def wmpo(self, name, cmd):
             self.calls.append(cmd)
