@@ -36,6 +36,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -141,6 +142,15 @@ def add_sampled_evals(runner: Runner, rows: list[dict], args, policies: dict[str
         }
 
 
+def align_command(store: Path, out: Path, task: str, init: str, version: str, args) -> list[str]:
+    """`wmpo train world-model` for WMPO's policy-behaviour alignment; --wm-extra adds the
+    trainer's own flags (e.g. "--unroll-chunks 3 --lr 5e-4", the session-6 Lift recipe)."""
+    cmd = ["train", "world-model", "--data", str(store), "--out", str(out), "--task", task]
+    cmd += ["--init", init, "--align", version, "--minutes", str(args.wm_minutes)]
+    cmd += ["--threads", str(args.threads), *shlex.split(args.wm_extra)]
+    return cmd
+
+
 def cell(runner: Runner, name: str, fn) -> dict[str, Any]:
     """Run one table cell once; its result (or error) is cached as JSON."""
     path = runner.work / "cells" / f"{name}.json"
@@ -229,9 +239,7 @@ def run_task(runner: Runner, task: str, args, paths: dict[str, dict[str, str]]) 
             store, version = base_rollouts(runner, task, policy, p, args)
             wm, rm, run = work / "world_model", work / "reward", work / "wmpo_grpo"
             th = ["--threads", str(args.threads)]
-            cmd = ["train", "world-model", "--data", str(store), "--out", str(wm), "--task", task]
-            cmd += ["--init", paths["world_model"][task], "--align", version]
-            cmd += ["--minutes", str(args.wm_minutes), *th]
+            cmd = align_command(store, wm, task, paths["world_model"][task], version, args)
             if not (wm / "manifest.json").is_file():
                 runner.wmpo(f"{task}_P{p}_wm_align", cmd)
             if args.reward_refresh == "none":
@@ -344,6 +352,12 @@ def main() -> int:
     ap.add_argument("--image-size", type=int, default=64, help="stored rollout frame size")
     ap.add_argument("--wm-minutes", type=float, default=4.0, help="world-model alignment")
     ap.add_argument("--reward-minutes", type=float, default=2.0, help="reward refresh")
+    ap.add_argument(
+        "--wm-extra",
+        default="",
+        help="more `wmpo train world-model` flags for the alignment, one string: "
+        '--wm-extra="--unroll-chunks 3 --self-cond-after 0 --lr 5e-4"',
+    )
     ap.add_argument(
         "--reward-refresh",
         default="real",

@@ -131,6 +131,27 @@ def test_sampled_evals_use_each_methods_checkpoint_and_are_cached(tmp_path, tabl
     assert len(runner.calls) == 2  # cached: a resumed table does not evaluate again
 
 
+def test_alignment_command_carries_the_extra_world_model_flags(table1):
+    args = type(
+        "A", (), {"wm_minutes": 40.0, "threads": 1, "wm_extra": "--unroll-chunks 3 --lr 5e-4"}
+    )
+    cmd = table1.align_command(Path("S"), Path("W"), "Lift", "WM0", "policy-abc", args)
+    assert cmd[:2] == ["train", "world-model"] and cmd[-4:] == [
+        "--unroll-chunks",
+        "3",
+        "--lr",
+        "5e-4",
+    ]
+    assert (
+        cmd[cmd.index("--align") + 1] == "policy-abc" and cmd[cmd.index("--minutes") + 1] == "40.0"
+    )
+    args.wm_extra = ""
+    assert table1.align_command(Path("S"), Path("W"), "Lift", "WM0", "v", args)[-2:] == [
+        "--threads",
+        "1",
+    ]
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
