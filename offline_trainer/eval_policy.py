@@ -107,6 +107,8 @@ def rollout(
     evaluation counts) or at the horizon. With extra steps the flag must stay up through
     them, as for the scripted experts' episodes: a stored success then ends on frames that
     show the result (the cube held up), not on the instant the flag rose."""
+    if extra_steps < 0:
+        raise WmpoError(f"extra_steps must be >= 0 steps after the success flag, got {extra_steps}")
     t0 = time.monotonic()
     obs = arm.reset(seed)
     policy.reset()

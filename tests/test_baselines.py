@@ -235,6 +235,8 @@ def test_stored_rollouts_go_on_past_the_success_flag_and_evaluation_does_not():
         with open_arm("Lift", 32, horizon=at_flag.length + 3) as short:
             cut, _ = rollout(short, _ExpertChunks(short, 1), 1, INSTRUCTION, extra_steps=8)
         assert cut.success and cut.length == at_flag.length + 3
+        with pytest.raises(WmpoError, match="extra_steps must be >= 0"):
+            rollout(arm, _ExpertChunks(arm, 1), 1, INSTRUCTION, extra_steps=-1)
 
 
 def test_collect_to_store_is_idempotent_and_labels_rollouts(tmp_path):
