@@ -112,6 +112,11 @@ def evaluate(
     return json.loads(out.read_text())
 
 
+def eval_name(task: str, p: int, method: str) -> str:
+    """The name a row's evaluations are cached under (evals/NAME[_T].json)."""
+    return f"{task}_base" if method == "base" else f"{task}_P{p}_{method.lower()}"
+
+
 def method_checkpoint(work: Path, task: str, p: int, method: str, base_policy: str) -> Path:
     """Where each method's trained policy lives under --work (the base policy for 'base')."""
     run = work / task / f"P{p}"
@@ -131,11 +136,7 @@ def add_sampled_evals(runner: Runner, rows: list[dict], args, policies: dict[str
         if "eval" not in r:
             continue
         ckpt = method_checkpoint(runner.work, r["task"], r["P"], r["method"], policies[r["task"]])
-        name = (
-            f"{r['task']}_base"
-            if r["method"] == "base"
-            else f"{r['task']}_P{r['P']}_{r['method'].lower()}"
-        )
+        name = eval_name(r["task"], r["P"], r["method"])
         r["sampled"] = {
             f"{t:g}": evaluate(runner, name, ckpt, r["task"], args, t)
             for t in args.eval_temperature
@@ -206,14 +207,18 @@ def run_task(runner: Runner, task: str, args, paths: dict[str, dict[str, str]]) 
     base = cell(
         runner,
         f"{task}_base",
-        lambda: {"eval": evaluate(runner, f"{task}_base", Path(policy), task, args)},
+        lambda: {"eval": evaluate(runner, eval_name(task, 0, "base"), Path(policy), task, args)},
     )
     rows.append({"task": task, "P": 0, "method": "base", **base})
+
+    def trained(p: int, method: str) -> Path:
+        return method_checkpoint(runner.work, task, p, method, policy)
+
     for p in args.budgets:
         work = runner.work / task / f"P{p}"
 
-        def grpo(p=p, work=work):
-            out = work / "grpo_online"
+        def grpo(p=p):
+            out = trained(p, "GRPO").parent
             cmd = ["train", "grpo-online", "--policy", policy, "--task", task]
             cmd += ["--budget", str(p), "--out", str(out), "--threads", str(args.threads)]
             if args.train_horizon:
@@ -222,25 +227,25 @@ def run_task(runner: Runner, task: str, args, paths: dict[str, dict[str, str]]) 
             runner.wmpo(f"{task}_P{p}_grpo_online", cmd)
             metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
             used = int(metrics[-1]["budget/real_episodes_used"]) if metrics else 0
-            ev = evaluate(runner, f"{task}_P{p}_grpo", out / "policy", task, args)
+            ev = evaluate(runner, eval_name(task, p, "GRPO"), trained(p, "GRPO"), task, args)
             return {"eval": ev, "real_episodes": used, "iterations": len(metrics)}
 
-        def dpo(p=p, work=work):
+        def dpo(p=p):
             store, _ = base_rollouts(runner, task, policy, p, args)
-            out = work / "dpo"
+            out = trained(p, "DPO")
             cmd = ["train", "dpo", "--policy", policy, "--data", str(store), "--out", str(out)]
             cmd += ["--threads", str(args.threads)]
             cmd += ["--set", *args.dpo_set] if args.dpo_set else []
             runner.wmpo(f"{task}_P{p}_dpo", cmd)
-            ev = evaluate(runner, f"{task}_P{p}_dpo", out, task, args)
+            ev = evaluate(runner, eval_name(task, p, "DPO"), out, task, args)
             return {"eval": ev, "real_episodes": p}
 
         def wmpo(p=p, work=work):
             store, version = base_rollouts(runner, task, policy, p, args)
-            wm, rm, run = work / "world_model", work / "reward", work / "wmpo_grpo"
+            wm, rm, run = work / "world_model", work / "reward", trained(p, "WMPO").parent
             th = ["--threads", str(args.threads)]
-            cmd = align_command(store, wm, task, paths["world_model"][task], version, args)
             if not (wm / "manifest.json").is_file():
+                cmd = align_command(store, wm, task, paths["world_model"][task], version, args)
                 runner.wmpo(f"{task}_P{p}_wm_align", cmd)
             if args.reward_refresh == "none":
                 rm = Path(paths["reward_model"][task])
@@ -260,7 +265,7 @@ def run_task(runner: Runner, task: str, args, paths: dict[str, dict[str, str]]) 
             cmd += ["--set", *args.grpo_set] if args.grpo_set else []
             runner.wmpo(f"{task}_P{p}_wmpo_grpo", cmd)
             metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-            ev = evaluate(runner, f"{task}_P{p}_wmpo", run / "policy", task, args)
+            ev = evaluate(runner, eval_name(task, p, "WMPO"), trained(p, "WMPO"), task, args)
             return {
                 "eval": ev,
                 "real_episodes": p,

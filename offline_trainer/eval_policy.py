@@ -114,9 +114,9 @@ def rollout(
     policy.reset()
     frames = [obs.image] if record else []
     scheduler = _scheduler(chunk_strategy, arm)
-    success = False
+    done = False
     success_step = None
-    while arm.step_count < arm.horizon and not success:
+    while arm.step_count < arm.horizon and not done:
         chunk = policy.predict_chunk(
             Observation(images={"camera": obs.image}, instruction=instruction)
         )
@@ -133,11 +133,11 @@ def rollout(
                 success_step = arm.step_count
             elif not flag:
                 success_step = None  # lost it again (dropped): not a success yet
-            success = success_step is not None and arm.step_count >= success_step + extra_steps
-            if success or arm.step_count >= arm.horizon:
+            done = success_step is not None and arm.step_count >= success_step + extra_steps
+            if done or arm.step_count >= arm.horizon:
                 break
-    success = success_step is not None  # at the horizon: the flag is up at the end
-    result = EpisodeResult(seed, success, arm.step_count, time.monotonic() - t0)
+    # A success: the flag is up at the end (after the extra steps, or at the horizon).
+    result = EpisodeResult(seed, success_step is not None, arm.step_count, time.monotonic() - t0)
     return result, frames
 
 

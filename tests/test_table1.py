@@ -59,18 +59,15 @@ def _eval(rate: float, length: float | None) -> dict:
     }
 
 
+def _row(method: str, p: int, ev: dict, **extra) -> dict:
+    return {"task": "Lift", "P": p, "method": method, "eval": ev, **extra}
+
+
 def test_table_shows_relative_length_and_the_imagined_real_gap(table1):
     rows = [
-        {"task": "Lift", "P": 0, "method": "base", "eval": _eval(0.26, 80.0)},
-        {
-            "task": "Lift",
-            "P": 32,
-            "method": "WMPO",
-            "eval": _eval(0.30, 76.0),
-            "imagined_success": 0.75,
-            "real_episodes": 32,
-        },
-        {"task": "Lift", "P": 32, "method": "DPO", "eval": _eval(0.0, None), "real_episodes": 32},
+        _row("base", 0, _eval(0.26, 80.0)),
+        _row("WMPO", 32, _eval(0.30, 76.0), imagined_success=0.75, real_episodes=32),
+        _row("DPO", 32, _eval(0.0, None), real_episodes=32),
         {"task": "Stack", "P": 32, "method": "GRPO", "error": "Stack_P32_grpo_online failed"},
     ]
     lines = table1.format_table(rows).splitlines()
@@ -82,16 +79,15 @@ def test_table_shows_relative_length_and_the_imagined_real_gap(table1):
 
 def test_sampled_column_beside_greedy(table1):
     rows = [
-        {"task": "Lift", "P": 0, "method": "base", "eval": _eval(0.26, 80.0)},
-        {
-            "task": "Lift",
-            "P": 32,
-            "method": "WMPO",
-            "eval": _eval(0.10, 30.0),
-            "sampled": {"1": _eval(0.48, 55.0)},
-            "imagined_success": 0.7,
-            "real_episodes": 32,
-        },
+        _row("base", 0, _eval(0.26, 80.0)),
+        _row(
+            "WMPO",
+            32,
+            _eval(0.10, 30.0),
+            sampled={"1": _eval(0.48, 55.0)},
+            imagined_success=0.7,
+            real_episodes=32,
+        ),
     ]
     lines = table1.format_table(rows).splitlines()
     assert "sampled at T = 1: real success % (95 % CI)" in lines[0]
