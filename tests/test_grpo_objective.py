@@ -165,6 +165,8 @@ def test_config_defaults_are_the_papers_and_checks_fail_at_construction():
     assert (cfg.max_grad_norm, cfg.ppo_epochs, cfg.groups_per_step) == (1.0, 1, 64)
     tiny = GRPOConfig.for_preset("tiny", iterations=3)
     assert tiny.iterations == 3 and tiny.group_size == 8 and tiny.preset == "tiny"
+    assert tiny.temperature == 0.5  # tiny policies' measured temperature (docs/grpo.md)
+    assert GRPOConfig.for_preset("tiny", temperature=1.0).temperature == 1.0
     assert GRPOConfig.from_dict(tiny.to_dict()) == tiny
     for bad in (
         {"group_size": 1},

@@ -236,8 +236,9 @@ class GRPOTrainer:
             # succeeds 31 % of the time at T = 1.0 succeeds 6 % at the paper's 1.6.
             self.log(
                 f"grpo: {100 * row['groups/frac_all_failure']:.0f} % of groups never succeeded "
-                f"at temperature {cfg.temperature:g}; a tiny BC policy may need "
-                "--set temperature=1.0, or the reward model misses imagined successes"
+                f"at temperature {cfg.temperature:g}; a tiny BC policy may need a lower one "
+                "(--set temperature=0.5, the tiny preset's), or the reward model misses "
+                "imagined successes"
             )
         return row
 
