@@ -123,6 +123,18 @@ def test_dpo_step_raises_chosen_log_ratio_over_rejected(tmp_path):
     with pytest.raises(WmpoError, match="at least one success and one failure"):
         train_dpo(policy, reference, trajs[:1], cfg, log=lambda _m: None)
 
+    # The NLL-on-chosen term (RPO) is the per-token NLL of the success, added to the loss.
+    fresh, _ = load_vla(ckpt)
+    with torch.no_grad():
+        nll = -float(trajectory_logprob(fresh, trajs[0], 1.0)) / (13 * 7)
+    rows = train_dpo(
+        fresh, reference, trajs, DPOConfig(epochs=1, nll_coef=0.5), log=lambda _m: None
+    )
+    assert rows[0]["losses/chosen_nll"] == pytest.approx(nll, rel=1e-4)
+    assert rows[0]["losses/dpo_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    with pytest.raises(WmpoError, match="nll_coef must be >= 0"):
+        DPOConfig(nll_coef=-1.0)
+
 
 def test_real_budget_refuses_to_overspend():
     budget = RealBudget(3)
