@@ -152,6 +152,19 @@ def align_command(store: Path, out: Path, task: str, init: str, version: str, ar
     return cmd
 
 
+def alignment_finished(wm: Path, minutes: float) -> bool:
+    """Whether `wm` holds a *finished* alignment: the trainer publishes a checkpoint every
+    few minutes, so after a killed run a manifest alone proves nothing. Manifests older
+    than the trainer's `train/finished` flag are judged by the minutes trained."""
+    manifest = wm / "manifest.json"
+    if not manifest.is_file():
+        return False
+    metrics = json.loads(manifest.read_text()).get("metrics", {})
+    if "train/finished" in metrics:
+        return bool(metrics["train/finished"])
+    return float(metrics.get("train/minutes", 0.0)) >= minutes - 0.01
+
+
 def cell(runner: Runner, name: str, fn) -> dict[str, Any]:
     """Run one table cell once; its result (or error) is cached as JSON."""
     path = runner.work / "cells" / f"{name}.json"
@@ -244,7 +257,7 @@ def run_task(runner: Runner, task: str, args, paths: dict[str, dict[str, str]]) 
             store, version = base_rollouts(runner, task, policy, p, args)
             wm, rm, run = work / "world_model", work / "reward", trained(p, "WMPO").parent
             th = ["--threads", str(args.threads)]
-            if not (wm / "manifest.json").is_file():
+            if not alignment_finished(wm, args.wm_minutes):  # a killed alignment restarts
                 cmd = align_command(store, wm, task, paths["world_model"][task], version, args)
                 runner.wmpo(f"{task}_P{p}_wm_align", cmd)
             if args.reward_refresh == "none":

@@ -155,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
             info["seconds"] = elapsed
             done = elapsed >= budget or (args.max_steps and info["step"] >= args.max_steps)
             if done or time.monotonic() - last_save > args.save_every * 60:
+                info["finished"] = bool(done)
                 _save(acc, model, opt, config, out, info, selected, losses, args)
                 last_save = time.monotonic()
             if done:
@@ -247,6 +248,9 @@ def _save(acc, model, opt, config, out, info, selected, losses, args) -> None:
                 "train/steps": info["step"],
                 "train/minutes": round(info["seconds"] / 60, 2),
                 "train/loss_last100": float(np.mean(losses[-100:])) if losses else None,
+                # False for the periodic checkpoints of a run still going (or killed): a
+                # checkpoint at `--out` is usable but not necessarily the finished model.
+                "train/finished": bool(info.get("finished", False)),
             },
         },
     )

@@ -148,6 +148,26 @@ def test_alignment_command_carries_the_extra_world_model_flags(table1):
     ]
 
 
+def test_a_killed_alignment_is_not_taken_for_a_finished_one(tmp_path, table1):
+    import json
+
+    wm = tmp_path / "wm"
+    assert not table1.alignment_finished(wm, 40.0)
+    wm.mkdir()
+
+    def manifest(**metrics):
+        (wm / "manifest.json").write_text(json.dumps({"metrics": metrics}))
+
+    manifest(**{"train/minutes": 25.0, "train/finished": False})  # a periodic checkpoint
+    assert not table1.alignment_finished(wm, 40.0)
+    manifest(**{"train/minutes": 40.01, "train/finished": True})
+    assert table1.alignment_finished(wm, 40.0)
+    manifest(**{"train/minutes": 25.0})  # written before the flag existed
+    assert not table1.alignment_finished(wm, 40.0)
+    manifest(**{"train/minutes": 40.0})
+    assert table1.alignment_finished(wm, 40.0)
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

@@ -220,8 +220,9 @@ def test_train_cli_trains_saves_and_resumes(tmp_path, capsys):
         "0",
     ]
     assert wmpo(args) == 0
-    first = json.loads((out / "manifest.json").read_text())["metrics"]["train/steps"]
-    assert first == 3 and (tmp_path / "wm.trainstate" / "optimizer.safetensors").is_file()
+    metrics = json.loads((out / "manifest.json").read_text())["metrics"]
+    assert metrics["train/steps"] == 3 and metrics["train/finished"] is True
+    assert (tmp_path / "wm.trainstate" / "optimizer.safetensors").is_file()
     assert (
         wmpo(
             [*args[:-4], "--max-steps", "5", "--batch-size", "4", "--heldout-frac", "0", "--resume"]
