@@ -182,8 +182,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         # A label-smoothed tiny BC policy has flat token distributions (4.46 of 5.55 nats):
         # at the paper's 1.6 the 26 % Lift policy succeeds 6 % of the time, and GRPO at 1.0
-        # moved the sampled policy but not the greedy one. At 0.5 both online GRPO and WMPO
-        # raised greedy success too (docs/grpo.md, session 7).
+        # moved the sampled policy but not the greedy one. At 0.5 online GRPO raised greedy
+        # success too (26 -> 54 %), and WMPO did in one of two settings (docs/grpo.md).
         "temperature": 0.5,
         "groups_per_step": 4,
         "max_chunks": 12,
