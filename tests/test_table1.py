@@ -5,6 +5,7 @@ table it writes, refusals before any work starts). The run itself is measured, n
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -149,8 +150,6 @@ def test_alignment_command_carries_the_extra_world_model_flags(table1):
 
 
 def test_a_killed_alignment_is_not_taken_for_a_finished_one(tmp_path, table1):
-    import json
-
     wm = tmp_path / "wm"
     assert not table1.alignment_finished(wm, 40.0)
     wm.mkdir()
