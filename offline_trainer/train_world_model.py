@@ -155,8 +155,7 @@ def run(args: argparse.Namespace) -> int:
             info["seconds"] = elapsed
             done = elapsed >= budget or (args.max_steps and info["step"] >= args.max_steps)
             if done or time.monotonic() - last_save > args.save_every * 60:
-                info["finished"] = bool(done)
-                _save(acc, model, opt, config, out, info, selected, losses, args)
+                _save(acc, model, opt, config, out, info, selected, losses, args, finished=done)
                 last_save = time.monotonic()
             if done:
                 break
@@ -230,7 +229,7 @@ def _training_batch(net, raw: dict, config: WorldModelConfig, args, frac: float)
     return batch
 
 
-def _save(acc, model, opt, config, out, info, selected, losses, args) -> None:
+def _save(acc, model, opt, config, out, info, selected, losses, args, finished=False) -> None:
     acc.wait_for_everyone()
     if not acc.is_main_process:
         return
@@ -250,7 +249,7 @@ def _save(acc, model, opt, config, out, info, selected, losses, args) -> None:
                 "train/loss_last100": float(np.mean(losses[-100:])) if losses else None,
                 # False for the periodic checkpoints of a run still going (or killed): a
                 # checkpoint at `--out` is usable but not necessarily the finished model.
-                "train/finished": bool(info.get("finished", False)),
+                "train/finished": bool(finished),
             },
         },
     )
