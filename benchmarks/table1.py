@@ -366,7 +366,14 @@ def main() -> int:
         "--train-horizon", type=int, default=None, help="real training episodes' step limit"
     )
     ap.add_argument("--rollout-temperature", type=float, default=1.0, help="base rollouts")
-    ap.add_argument("--repeats", type=int, default=4, help="base rollouts per initial state")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="base rollouts per initial state (1: P distinct states, as real rollouts come; "
+        "GRPO from few repeated imagined starts is a gamble, docs/grpo.md; DPO pairs "
+        "across states)",
+    )
     ap.add_argument("--image-size", type=int, default=64, help="stored rollout frame size")
     ap.add_argument("--wm-minutes", type=float, default=4.0, help="world-model alignment")
     ap.add_argument("--reward-minutes", type=float, default=2.0, help="reward refresh")

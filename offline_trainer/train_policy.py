@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from offline_trainer.datasets import WindowDataset, WindowSpec, select_episodes, split_episode_ids
+from offline_trainer.overrides import parse_field_overrides
 from wmpo_core.errors import WmpoError
 from wmpo_core.fileio import atomic_write_json
 from wmpo_core.policy import (
@@ -143,6 +144,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default="", help="version name for the manifest")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--fresh", action="store_true", help="do not resume a training state")
+    parser.add_argument(
+        "--policy-set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override PolicyConfig fields, value as JSON (e.g. vision_grid=8 "
+        "'vision_channels=[32,64,96,128]'; wmpo_core/policy/configuration_policy.py documents them)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
         "--max-minutes", type=float, default=None, help="wall-clock budget (checkpoint written)"
@@ -181,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         stop_at=args.stop_at,
         max_minutes=args.max_minutes,
+        policy_overrides=parse_field_overrides(args.policy_set, PolicyConfig, "--policy-set"),
     )
     result = train_policy(cfg)
     if result["checkpoint"] is None:

@@ -270,6 +270,25 @@ def test_store_initial_states_draws_first_frames(tmp_path):
     assert sorted(set(instructions[:3])) == ["task 0", "task 1", "task 2"]  # no repeats first
     for f, s in zip(frames, instructions, strict=True):
         assert int(f[0, 0, 0]) == 10 * int(s.split()[1])
+    assert states.distinct == 3
+    # A rollout repeated from the same reset adds an episode, not an initial state.
+    store.add(
+        EpisodeMeta(id="ep0-again", task="Lift", instruction="task 0"),
+        np.full((4, H, H, 3), 0, np.uint8),
+        np.zeros((4, 7)),
+    )
+    assert StoreInitialStates(store).distinct == 3
+
+
+def test_grpo_warns_when_it_will_reuse_initial_states(capsys):
+    from offline_trainer.grpo.cli import warn_few_initial_states
+
+    cfg = GRPOConfig.for_preset("tiny", iterations=10)  # 4 groups per step: 40 draws
+    assert warn_few_initial_states(32, 128, cfg)
+    out = capsys.readouterr().out
+    assert "128 episodes give only 32 distinct initial frames for ~40 group draws" in out
+    assert not warn_few_initial_states(150, 150, cfg)
+    assert capsys.readouterr().out == ""
 
 
 def test_rollout_batch_concat_pads_chunks():

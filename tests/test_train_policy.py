@@ -177,10 +177,15 @@ def test_cli_trains_and_refuses_to_overwrite(toy_store, tmp_path):
         "--batch-size",
         "4",
         "--no-progress",
+        "--policy-set",
+        "vision_grid=2",
+        "vision_channels=[8,16]",
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "wrote" in done.stdout and (out / "manifest.json").is_file()
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["vision_grid"] == 2 and saved["vision_channels"] == [8, 16]
     assert out.with_name("cli_ckpt.curve.png").is_file()
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert again.returncode == 1 and "already exists" in again.stderr
@@ -192,6 +197,15 @@ def test_cli_trains_and_refuses_to_overwrite(toy_store, tmp_path):
         timeout=120,
     )
     assert missing.returncode == 1 and "not an episode store" in missing.stderr
+    typo = subprocess.run(
+        [*cmd[:-3], "--out", str(tmp_path / "y"), "--policy-set", "visiongrid=8"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert typo.returncode == 1 and "--policy-set visiongrid=8: expected FIELD=VALUE" in typo.stderr
+    assert not (tmp_path / "y").exists()
 
 
 LIFT_POLICY = REPO / "assets" / "policies" / "Lift"
@@ -268,3 +282,18 @@ def test_eval_through_nodes_refuses_an_in_process_chunk_strategy(capsys):
     args = ["eval", "policy", str(LIFT_POLICY), "--task", "Lift", "--through-nodes"]
     assert wmpo_main([*args, "--chunk-strategy", "temporal_ensemble"]) == 1
     assert "executor.yaml" in capsys.readouterr().err
+
+
+def test_field_overrides_parse_json_and_name_the_valid_fields():
+    from offline_trainer.baselines.dpo import DPOConfig
+    from offline_trainer.overrides import parse_field_overrides
+    from wmpo_core.errors import WmpoError
+    from wmpo_core.policy import PolicyConfig
+
+    got = parse_field_overrides(["vision_grid=8", 'cameras=["a","b"]', "preset=tiny"], PolicyConfig)
+    assert got == {"vision_grid": 8, "cameras": ["a", "b"], "preset": "tiny"}
+    assert parse_field_overrides(["learning_rate=2e-6"], DPOConfig) == {"learning_rate": 2e-6}
+    with pytest.raises(WmpoError, match=r"--set lr: expected FIELD=VALUE with FIELD one of \["):
+        parse_field_overrides(["lr"], DPOConfig)
+    with pytest.raises(WmpoError, match=r"'2e-6x' is not a JSON value \(learning_rate is float\)"):
+        parse_field_overrides(["learning_rate=2e-6x"], DPOConfig)

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from offline_trainer.overrides import parse_field_overrides
 from wmpo_core.errors import WmpoError
 
 
@@ -276,18 +277,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_sets(items: Sequence[str]) -> DPOConfig:
-    import json
-
-    fields = DPOConfig.__dataclass_fields__
-    values: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key not in fields:
-            raise WmpoError(
-                f"--set {item}: expected FIELD=VALUE with FIELD one of {sorted(fields)}"
-            )
-        values[key] = json.loads(value)
-    return DPOConfig(**values)
+    return DPOConfig(**parse_field_overrides(items, DPOConfig))
 
 
 def run(args: argparse.Namespace) -> int:

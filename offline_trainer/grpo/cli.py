@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 from pathlib import Path
 
 from offline_trainer.grpo.config import PRESETS, GRPOConfig
-from wmpo_core.errors import WmpoError
+from offline_trainer.overrides import parse_field_overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,19 +49,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device for all three models")
 
 
+def warn_few_initial_states(distinct: int, episodes: int, config: GRPOConfig) -> bool:
+    """Say so when the run will draw each initial state more than once.
+
+    Measured on Lift (docs/grpo.md, 10 iterations x 4 groups): from one store's 150 distinct
+    first frames 5 of 5 runs beat the base policy (greedy 36-44 %, base 26 %); from 32
+    frames x 4 repeats the same world models gave 2-40 %, imagined success up to 96 %.
+    Distinct starts are not sufficient (a fresh 128-state run: 6 %), but few are a gamble.
+    """
+    draws = config.iterations * config.groups_per_step
+    if distinct >= draws:
+        return False
+    print(
+        f"grpo: warning: {episodes} episodes give only {distinct} distinct initial frames for "
+        f"~{draws} group draws ({config.iterations} iterations x {config.groups_per_step}); "
+        "imagined GRPO overfits few starts (docs/grpo.md). Record rollouts from more initial "
+        "states, or run fewer iterations"
+    )
+    return True
+
+
 def config_from_args(args: argparse.Namespace) -> GRPOConfig:
-    overrides = {}
-    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or key not in fields:
-            raise WmpoError(
-                f"--set {item}: expected FIELD=VALUE with FIELD one of {sorted(fields)}"
-            )
-        try:
-            overrides[key] = json.loads(value)
-        except ValueError:
-            overrides[key] = value
+    overrides = parse_field_overrides(args.set, GRPOConfig)
     for key in ("iterations", "seed"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
@@ -111,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     states = ResizedInitialStates(
         StoreInitialStates(EpisodeStore(args.store), args.episodes), imagination.image_size
     )
+    warn_few_initial_states(states.inner.distinct, len(states.inner.episode_ids), config)
     parent = str(Path(args.policy).resolve())
     config.notes.update(
         {
@@ -129,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         manifest_fields={
             "grpo_models": dict(config.notes),
             "initial_states": states.inner.episode_ids,
+            "distinct_initial_states": states.inner.distinct,
         },
         export_fn=lambda path, fields: policy.save(path, fields, parent),
     )

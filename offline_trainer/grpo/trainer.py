@@ -81,6 +81,8 @@ class StoreInitialStates:
         self.episode_ids = ids
         self.frames = torch.from_numpy(np.stack(frames))
         self.instructions = instructions
+        # Rollouts repeated from one reset share a byte-identical first frame.
+        self.distinct = len({(f.tobytes(), s) for f, s in zip(frames, instructions, strict=True)})
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
         # Without replacement while possible, so one iteration sees distinct initial states.
