@@ -301,7 +301,7 @@ def _recorder(tmp_path, **kw) -> EpisodeRecorder:
 
 
 def test_recorder_core_episode_cycle(tmp_path):
-    rec = _recorder(tmp_path)
+    rec = _recorder(tmp_path, postroll_s=0.0)  # closes on the stop: the label amends it
     try:
         rec.submit(INSTRUCTION_TOPIC, string_msg("lift the red cube"), time.time_ns())
         rec.submit("/a", string_msg('{"n": 0}'), time.time_ns())  # before start: not recorded
@@ -354,11 +354,47 @@ def test_commands_that_overtake_the_start_event_are_recorded(tmp_path, clock):
     assert read_sidecar(bag).topics["/a"]["count"] == len(got)
 
 
-@pytest.mark.parametrize("preroll_s", [-0.5, 60.0, float("nan")])
-def test_a_preroll_outside_its_range_is_refused(tmp_path, preroll_s):
+@pytest.mark.parametrize("postroll_s", [0.3, 0.0])
+def test_commands_delivered_after_the_stop_event_are_recorded(tmp_path, postroll_s):
+    """The last commands of an episode can be handed over after its stop event (a backlog
+    on the command topic, the stop on another). Those sent before the stop's stamp belong
+    to the episode; one sent after it belongs to the next episode, which starts at once."""
+    rec = _recorder(tmp_path, postroll_s=postroll_s)
+    try:
+        rec.submit_event(string_msg(json.dumps(event("start", "e1"))), time.time_ns())
+        rec.submit("/a", string_msg('{"n": 1}'), time.time_ns())
+        sent_late = time.time_ns()  # published before the stop...
+        time.sleep(0.01)
+        stop = event("stop", "e1")
+        time.sleep(0.01)
+        start2 = event("start", "e2")
+        time.sleep(0.01)
+        sent_next = time.time_ns()  # ...and one published after the next start
+        rec.submit_event(string_msg(json.dumps(stop)), time.time_ns())
+        rec.submit("/a", string_msg('{"n": 2}'), time.time_ns(), sent_ns=sent_late)
+        rec.submit("/a", string_msg('{"n": 3}'), time.time_ns(), sent_ns=sent_next)
+        rec.submit_event(string_msg(json.dumps(start2)), time.time_ns())
+        rec.submit_event(string_msg(json.dumps(event("stop", "e2"))), time.time_ns())
+        assert rec.wait_idle()
+        first = tmp_path / "bags" / "e1"
+        assert rec.bags_closed[0] == first, "the next start must close the stopped bag"
+    finally:
+        rec.close()
+
+    def numbers(bag):
+        return [json.loads(cdr_string(m.data))["n"] for m in iter_messages(bag) if m.topic == "/a"]
+
+    assert numbers(first) == ([1, 2] if postroll_s else [1])
+    assert read_sidecar(first).status == STATUS_COMPLETE
+    assert numbers(tmp_path / "bags" / "e2") == [3]
+
+
+@pytest.mark.parametrize("name", ["preroll_s", "postroll_s"])
+@pytest.mark.parametrize("value", [-0.5, 60.0, float("nan")])
+def test_a_pre_or_postroll_outside_its_range_is_refused(tmp_path, name, value):
     topics = [RecordedTopic("/a", "std_msgs/msg/String")]
-    with pytest.raises(ValueError, match=r"preroll_s must be in \[0, 60\) seconds"):
-        RecorderConfig(str(tmp_path / "bags"), topics, preroll_s=preroll_s)
+    with pytest.raises(ValueError, match=rf"{name} must be in \[0, 60\) seconds"):
+        RecorderConfig(str(tmp_path / "bags"), topics, **{name: value})
 
 
 def test_disk_guard_stops_cleanly_and_says_so(tmp_path):

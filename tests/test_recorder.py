@@ -354,7 +354,8 @@ def test_teleop_expert_drives_sim_and_recorder_records_it(tmp_path, capsys):
     assert side.kind == "demonstration" and side.labelled_by == "sim" and side.seed == 5
     assert side.total_lost == 0 and side.seq_gaps == {}
     counts = {t: v["count"] for t, v in side.topics.items()}
-    assert counts[TWIST_COMMAND_TOPIC] == 30 and counts[GRIPPER_COMMAND_TOPIC] == 30
+    commands = (counts[TWIST_COMMAND_TOPIC], counts[GRIPPER_COMMAND_TOPIC])
+    assert commands == (30, 30), f"commands recorded {commands}; recorder:\n{rec.output()[-1500:]}"
     assert counts[CAMERA_TOPIC] >= 30 and counts[JOINT_STATES_TOPIC] >= 30
     rc = wmpo_main(["ingest", str(out), "--out", str(tmp_path / "store"), "--image-size", "32"])
     assert rc == 0, capsys.readouterr().err

@@ -76,6 +76,8 @@ class RecorderNode(Node):
             min_free_bytes=int(p["min_free_mb"] * 1024 * 1024),
             max_queue_bytes=int(p["max_queue_mb"] * 1024 * 1024),
             discard_action=p["discard_action"],
+            preroll_s=p["preroll_s"],
+            postroll_s=p["postroll_s"],
         )
         self.recorder = EpisodeRecorder(self.config, log=self._log)
         self._subs = [self._subscribe(t) for t in self.config.topics]
@@ -98,6 +100,8 @@ class RecorderNode(Node):
             "min_free_mb": (2048.0, "disk guard: stop recording below this much free space"),
             "max_queue_mb": (256.0, "write-queue bound; beyond it messages are dropped, counted"),
             "discard_action": ("mark", "on discard: 'mark' the sidecar or 'delete' the bag"),
+            "preroll_s": (1.0, "keep data sent after a start's stamp but handled before it"),
+            "postroll_s": (1.0, "after a stop, keep the bag open this long for late data"),
         }
         values = {}
         for name, (default, text) in specs.items():
@@ -121,9 +125,13 @@ class RecorderNode(Node):
         if topic.name == self.config.episode_topic:
             callback = self._on_event
         else:
-            callback = lambda data, name=topic.name: self.recorder.submit(  # noqa: E731
-                name, data, time.time_ns()
-            )
+
+            def callback(data: bytes, info: dict, name: str = topic.name) -> None:
+                # Two parameters: rclpy then passes the middleware's MessageInfo. Its
+                # source timestamp places a late-delivered message before or after a stop.
+                recv = int(info.get("received_timestamp") or 0) or time.time_ns()
+                self.recorder.submit(name, data, recv, int(info.get("source_timestamp") or 0))
+
         return self.create_subscription(
             cls, topic.name, callback, rclpy_qos(topic.qos), raw=True, event_callbacks=events
         )

@@ -141,14 +141,20 @@ class RecorderConfig:
     """Messages received up to this long before a start event is handled are kept, and
     those received after the event's own stamp go into the bag: the first commands of an
     episode can reach the recorder before its start event does (different topics)."""
+    postroll_s: float = 1.0
+    """After a stop or reset event the bag stays open this long for messages sent before
+    the event's stamp but delivered after it: topics race, and a busy executor hands a
+    backlog of commands over after the stop event that followed them. 0 = close at once."""
 
     def __post_init__(self) -> None:
         if self.discard_action not in ("mark", "delete"):
             raise ValueError(
                 f"discard_action must be 'mark' or 'delete', got '{self.discard_action}'"
             )
-        if not 0 <= self.preroll_s < 60:
-            raise ValueError(f"preroll_s must be in [0, 60) seconds, got {self.preroll_s}")
+        for name in ("preroll_s", "postroll_s"):
+            value = getattr(self, name)
+            if not 0 <= value < 60:
+                raise ValueError(f"{name} must be in [0, 60) seconds, got {value}")
         if self.min_free_bytes < 0 or self.max_queue_bytes <= 0:
             raise ValueError(
                 f"min_free_bytes ({self.min_free_bytes}) must be >= 0 and "
@@ -178,6 +184,9 @@ class _Episode:
     """topic -> receive time of the latched message copied in at the start (not twice)."""
     seq_gaps: dict[str, int] = field(default_factory=dict)
     queue_dropped: dict[str, int] = field(default_factory=dict)
+    closing: tuple[str, str, int, float] | None = None
+    """(status, reason, boundary ns, monotonic deadline) once a stop or reset arrived: data
+    sent up to the boundary still goes in until the deadline, then the bag closes."""
 
 
 Log = Callable[[str, str], None]  # (level: 'info' | 'warn' | 'error', text)
@@ -201,8 +210,8 @@ class EpisodeRecorder:
         self._latched: dict[str, tuple[int, bytes]] = {}
         self._last_seq: dict[str, int] = {}
         self._episode: _Episode | None = None
-        # (recv_ns, topic, data, seq gap) received while no episode was open (writer thread).
-        self._preroll: deque[tuple[int, str, bytes, int]] = deque()
+        # (recv_ns, sent_ns, topic, data, seq gap) received while no episode was open.
+        self._preroll: deque[tuple[int, int, str, bytes, int]] = deque()
         self._preroll_ns = int(config.preroll_s * 1e9)
         self._state = "idle"
         self._last_error = ""
@@ -213,7 +222,10 @@ class EpisodeRecorder:
         self._thread.start()
 
     # -- called from subscription callbacks (any thread) -------------------------------
-    def submit(self, topic: str, data: bytes, recv_ns: int) -> None:
+    def submit(self, topic: str, data: bytes, recv_ns: int, sent_ns: int = 0) -> None:
+        """A serialized message received at `recv_ns` (written as its bag time). `sent_ns`
+        is the publisher's send time where the middleware reports it (0 = unknown): it
+        places a message that was delivered late on the right side of a start or stop."""
         if self.topics[topic].qos == "latched":
             with self._lock:
                 self._latched[topic] = (recv_ns, data)
@@ -222,11 +234,11 @@ class EpisodeRecorder:
                 self._dropped[topic] = self._dropped.get(topic, 0) + 1
                 return
             self._queued_bytes += len(data)
-        self._queue.put(("msg", topic, data, recv_ns))
+        self._queue.put(("msg", topic, data, recv_ns, sent_ns or recv_ns))
 
     def submit_event(self, data: bytes, recv_ns: int) -> None:
         """An episode event message (std_msgs/String JSON) as received."""
-        self._queue.put(("event", self.config.episode_topic, data, recv_ns))
+        self._queue.put(("event", self.config.episode_topic, data, recv_ns, recv_ns))
 
     def count_lost(self, topic: str, n: int) -> None:
         """The middleware reported `n` messages lost on `topic` (message_lost event)."""
@@ -258,10 +270,12 @@ class EpisodeRecorder:
             return list(self._bags_closed)
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
-        """Block until the queue is drained (tests, shutdown)."""
+        """Block until the queue is drained and a stopped episode's bag is closed (tests)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._queue.unfinished_tasks == 0:
+            with self._lock:
+                closing = self._episode is not None and self._episode.closing is not None
+            if self._queue.unfinished_tasks == 0 and not closing:
                 return True
             time.sleep(0.01)
         return False
@@ -269,7 +283,7 @@ class EpisodeRecorder:
     def close(self) -> None:
         """Drain the queue, close an open bag (status complete, reason 'shutdown'), stop."""
         if self._thread.is_alive():
-            self._queue.put(("shutdown", "", b"", time.time_ns()))
+            self._queue.put(("shutdown", "", b"", time.time_ns(), 0))
             self._thread.join()
 
     # -- writer thread ------------------------------------------------------------------
@@ -282,11 +296,15 @@ class EpisodeRecorder:
                 item = None
             try:
                 if item is not None and item[0] == "shutdown":
-                    self._close_episode(STATUS_COMPLETE, "recorder shut down mid-episode")
+                    if not self._finish_closing():
+                        self._close_episode(STATUS_COMPLETE, "recorder shut down mid-episode")
                     return
                 if item is not None:
                     self._handle(item)
                 now = time.monotonic()
+                ep = self._episode
+                if ep is not None and ep.closing is not None and now >= ep.closing[3]:
+                    self._finish_closing()
                 if self._episode is not None:
                     if now - last_disk_check >= self.config.disk_check_interval_s:
                         last_disk_check = now
@@ -299,8 +317,8 @@ class EpisodeRecorder:
                 if item is not None:
                     self._queue.task_done()
 
-    def _handle(self, item: tuple[str, str, bytes, int]) -> None:
-        kind, topic, data, recv_ns = item
+    def _handle(self, item: tuple[str, str, bytes, int, int]) -> None:
+        kind, topic, data, recv_ns, sent_ns = item
         if kind == "event":
             self._on_event(data, recv_ns)
             return
@@ -308,8 +326,10 @@ class EpisodeRecorder:
             self._queued_bytes -= len(data)
         ep = self._episode
         gap = self._seq_gap(topic, data)
+        if ep is not None and ep.closing is not None and sent_ns > ep.closing[2]:
+            ep = None  # sent after the stop: it may belong to the next episode
         if ep is None:
-            self._keep_preroll(topic, data, recv_ns, gap)
+            self._keep_preroll(topic, data, recv_ns, sent_ns, gap)
             return
         if ep.latched_written.get(topic) == recv_ns:
             return  # already copied into the bag at the start (it raced the start event)
@@ -321,21 +341,21 @@ class EpisodeRecorder:
         ep.writer.write(topic, recv_ns, data)
         ep.data_messages += 1
 
-    def _keep_preroll(self, topic: str, data: bytes, recv_ns: int, gap: int) -> None:
+    def _keep_preroll(self, topic: str, data: bytes, recv_ns: int, sent_ns: int, gap: int) -> None:
         if self.topics[topic].qos == "latched" or not self._preroll_ns:
             return  # latched values are copied in at the start anyway
-        self._preroll.append((recv_ns, topic, data, gap))
+        self._preroll.append((recv_ns, sent_ns, topic, data, gap))
         while self._preroll[0][0] < recv_ns - self._preroll_ns:
             self._preroll.popleft()
 
     def _write_preroll(self, ep: _Episode, event: dict[str, Any], recv_ns: int) -> int:
-        """Write what arrived after the start event was published but before it was
-        handled; nothing when the event's stamp is not on this clock (sim time)."""
+        """Write what was sent after the start event was published but handled before it;
+        nothing when the event's stamp is not on this clock (sim time)."""
         stamp = _stamp_ns(event)
         on_this_clock = recv_ns - self._preroll_ns <= stamp <= recv_ns
-        early = [m for m in self._preroll if on_this_clock and m[0] >= stamp]
+        early = [m for m in self._preroll if on_this_clock and m[1] >= stamp]
         self._preroll.clear()
-        for t_ns, topic, data, gap in early:
+        for t_ns, _sent, topic, data, gap in early:
             self._write_data(ep, topic, data, t_ns, gap)
         return len(early)
 
@@ -370,9 +390,9 @@ class EpisodeRecorder:
             apply_event(ep.sidecar, event)
             if is_discard(event):
                 self._close_episode(STATUS_DISCARDED, ep.sidecar.stop_reason)
-            elif kind in ("stop", "reset"):
-                reason = event.get("reason") or f"{kind} event"
-                self._close_episode(STATUS_COMPLETE, str(reason))
+            elif kind in ("stop", "reset") and ep.closing is None:
+                reason = str(event.get("reason") or f"{kind} event")
+                self._begin_closing(ep, reason, event, recv_ns)
         elif kind == "reset":
             return
         elif kind in ("label", "discard") and eid:
@@ -383,7 +403,7 @@ class EpisodeRecorder:
             )
 
     def _start(self, event: dict[str, Any], eid: str, data: bytes, recv_ns: int) -> None:
-        if self._episode is not None:
+        if self._episode is not None and not self._finish_closing():
             self._close_episode(STATUS_COMPLETE, "a new episode started before a stop event")
         eid = eid or time.strftime("ep_%Y%m%d_%H%M%S", time.gmtime())
         bag = self.out / eid
@@ -446,6 +466,25 @@ class EpisodeRecorder:
             self._log("info", f"episode '{eid}' discarded: deleted {bag}")
 
     # -- closing ------------------------------------------------------------------------
+    def _begin_closing(self, ep: _Episode, reason: str, event: dict[str, Any], recv_ns: int):
+        """Keep the bag open `postroll_s` for data sent before the stop's stamp (on this
+        clock; otherwise before the stop was handled)."""
+        if not self.config.postroll_s:
+            self._close_episode(STATUS_COMPLETE, reason)
+            return
+        stamp = _stamp_ns(event)
+        window = int(self.config.postroll_s * 1e9)
+        boundary = stamp if recv_ns - window <= stamp <= recv_ns else recv_ns
+        ep.closing = (STATUS_COMPLETE, reason, boundary, time.monotonic() + self.config.postroll_s)
+
+    def _finish_closing(self) -> bool:
+        """Close a bag whose stop already arrived; False when none is waiting to close."""
+        ep = self._episode
+        if ep is None or ep.closing is None:
+            return False
+        self._close_episode(ep.closing[0], ep.closing[1])
+        return True
+
     def _close_episode(self, status: str, reason: str) -> None:
         ep = self._episode
         if ep is None:
