@@ -42,6 +42,9 @@ class WindowSpec:
     """Step between anchors within an episode."""
     min_valid_future_actions: int = 1
     """Drop anchors with fewer real (unpadded) future actions than this."""
+    first_frame: bool = False
+    """Append the episode's first frame after the window's frames (a policy reading the
+    'episode_start' camera sees the scene before the arm covers it)."""
 
     def __post_init__(self) -> None:
         for name in ("context_frames", "future_frames", "past_actions", "future_actions"):
@@ -151,13 +154,17 @@ class WindowDataset(torch.utils.data.Dataset):
         n = len(ep.actions)
         f_idx = t + self.spec.frame_offsets
         a_idx = t + self.spec.action_offsets
-        frames = np.asarray(ep.frames[np.clip(f_idx, 0, n - 1)])
+        frame_valid = (f_idx >= 0) & (f_idx < n)
+        f_idx = np.clip(f_idx, 0, n - 1)
+        if self.spec.first_frame:
+            f_idx, frame_valid = np.append(f_idx, 0), np.append(frame_valid, True)
+        frames = np.asarray(ep.frames[f_idx])
         if self._resize:
             frames = np.stack([resize_rgb(f, self.image_size) for f in frames])
         return {
             "frames": frames,
             "actions": np.asarray(ep.actions[np.clip(a_idx, 0, n - 1)], dtype=np.float32),
-            "frame_valid": (f_idx >= 0) & (f_idx < n),
+            "frame_valid": frame_valid,
             "action_valid": (a_idx >= 0) & (a_idx < n),
             "instruction": ep.meta.instruction,
             "success": bool(ep.meta.success),

@@ -37,6 +37,7 @@ from wmpo_core.policy import (
     preset_config,
     save_policy_checkpoint,
 )
+from wmpo_core.policy.configuration_policy import EPISODE_START
 from wmpo_core.store import EpisodeStore
 
 
@@ -359,6 +360,17 @@ def _identity(cfg: TrainPolicyConfig, train_ids: list[str]) -> dict:
     return json.loads(json.dumps(d))  # tuples -> lists, as they come back from state.json
 
 
+def _store_cameras(overrides: dict) -> tuple[str, ...]:
+    """The store holds one camera: a policy may read it, and its first frame after it."""
+    cameras = tuple(overrides.get("cameras", ("camera",)))
+    if cameras not in (("camera",), ("camera", EPISODE_START)):
+        raise WmpoError(
+            f"cameras={list(cameras)}: an episode store holds one camera, so a policy trained "
+            f'on it reads ["camera"] or ["camera", "{EPISODE_START}"]'
+        )
+    return cameras
+
+
 def train_policy(cfg: TrainPolicyConfig) -> dict:
     """Run BC; returns {'checkpoint', 'curve', 'metrics'}."""
     torch.set_num_threads(cfg.threads)
@@ -382,7 +394,11 @@ def train_policy(cfg: TrainPolicyConfig) -> dict:
         )
     n_val = cfg.val_episodes if cfg.val_episodes >= 0 else (len(ids) // 20 if len(ids) >= 10 else 0)
     train_ids, val_ids = split_episode_ids(ids, n_val, cfg.seed)
-    spec = WindowSpec(context_frames=1, future_actions=cfg.chunk_size)
+    spec = WindowSpec(
+        context_frames=1,
+        future_actions=cfg.chunk_size,
+        first_frame=_store_cameras(cfg.policy_overrides) == ("camera", EPISODE_START),
+    )
     train_data = WindowDataset(store, train_ids, spec, image_size=cfg.image_size)
     val_data = (
         WindowDataset(store, val_ids, spec, image_size=train_data.image_size) if val_ids else None

@@ -18,6 +18,7 @@ from wmpo_core.policy import (
     load_policy_checkpoint,
     save_policy_checkpoint,
 )
+from wmpo_core.policy.configuration_policy import EPISODE_START
 from wmpo_core.policy_api import ChunkPolicy, Observation
 
 SMALL = dict(d_model=32, n_layers=1, n_heads=2, vision_channels=(8, 8, 8), vision_grid=4)
@@ -197,3 +198,28 @@ def test_runtime_loader_samples_a_checkpoint_at_a_temperature(tmp_path):
     for bad in (-0.5, float("nan")):
         with pytest.raises(WmpoError, match="finite value >= 0"):
             runtime_load(str(path), temperature=bad)
+
+
+def test_episode_start_camera_is_the_first_frame_since_reset(tmp_path):
+    """A policy reading EPISODE_START sees, beside the current frame, the first frame of
+    the episode: filled in from the first observation after reset(), forgotten by reset()."""
+    path, _, _ = _save(tmp_path, cameras=("camera", EPISODE_START))
+    policy = load_policy_checkpoint(path)
+    a, b = _obs(1), _obs(2)
+    both = Observation(images={"camera": b.images["camera"], EPISODE_START: a.images["camera"]})
+    both.instruction = INSTRUCTION
+    policy.reset()
+    policy.predict_chunk(a)
+    after_a = policy.predict_chunk(b)  # the episode started on a
+    np.testing.assert_array_equal(after_a, policy.predict_chunks([both])[0])
+    policy.reset()
+    from_b = policy.predict_chunk(b)  # a new episode that starts on b
+    assert not np.array_equal(after_a, from_b), "the first frame must reach the model"
+    with pytest.raises(ValueError, match="batched observations must carry"):
+        policy.predict_chunks([a, b])
+
+
+@pytest.mark.parametrize("cameras", [(EPISODE_START,), (EPISODE_START, "camera")])
+def test_episode_start_must_follow_a_real_camera(cameras):
+    with pytest.raises(ValueError, match="must come last, after a real camera"):
+        PolicyConfig(cameras=cameras)

@@ -16,6 +16,7 @@ from offline_trainer.datasets import WindowDataset, WindowSpec, select_episodes
 from offline_trainer.train_policy import TrainPolicyConfig, state_dir_for, train_policy
 from wmpo_core.errors import WmpoError
 from wmpo_core.policy import load_policy_checkpoint
+from wmpo_core.policy.configuration_policy import EPISODE_START
 from wmpo_core.policy_api import Observation
 from wmpo_core.store import EpisodeMeta, EpisodeStore
 
@@ -297,3 +298,46 @@ def test_field_overrides_parse_json_and_name_the_valid_fields():
         parse_field_overrides(["lr"], DPOConfig)
     with pytest.raises(WmpoError, match=r"'2e-6x' is not a JSON value \(learning_rate is float\)"):
         parse_field_overrides(["learning_rate=2e-6x"], DPOConfig)
+
+
+def test_first_frame_windows_append_frame_zero(toy_store):
+    data = WindowDataset(toy_store, ["toy001"], WindowSpec(future_actions=8, first_frame=True))
+    s = data[5]
+    clock = toy_store.load("toy001").frames[:, 0, 0, 1]
+    assert s["frames"].shape == (2, 32, 32, 3) and s["frame_valid"].tolist() == [True, True]
+    assert s["frames"][0, 0, 0, 1] == clock[5] and s["frames"][1, 0, 0, 1] == clock[0]
+
+
+def test_an_episode_start_policy_acts_on_what_only_the_first_frame_showed(tmp_path):
+    """The square is visible in frame 0 only (later the arm 'covers' it): a policy that
+    reads EPISODE_START recovers the square's place from it, a single-camera one cannot."""
+    store = make_toy_store(tmp_path / "store")
+    hidden = EpisodeStore(tmp_path / "hidden", create=True)
+    for eid in [f"toy{e:03d}" for e in range(6)]:
+        ep = store.load(eid)
+        frames = np.array(ep.frames)
+        frames[1:, 1:, 1:] = 40  # everything but the clock row/column is blank after frame 0
+        hidden.add(ep.meta, frames, np.asarray(ep.actions))
+    errors = {}
+    for cameras in (["camera"], ["camera", EPISODE_START]):
+        overrides = {**SMALL, "cameras": cameras}
+        cfg = _cfg(hidden, tmp_path / f"ckpt{len(cameras)}", steps=150, lr=3e-3, augment=False)
+        cfg.policy_overrides = overrides
+        policy = load_policy_checkpoint(train_policy(cfg)["checkpoint"])
+        errs = []
+        for eid in ("toy000", "toy003", "toy005"):
+            ep = hidden.load(eid)
+            policy.reset()
+            for t in (0, 8):  # the episode's first frame, then one with the square hidden
+                obs = Observation({"camera": np.asarray(ep.frames[t])}, "lift the red cube")
+                chunk = policy.predict_chunk(obs)
+            errs.append(np.abs(chunk[:, :2] - ep.actions[8:16, :2]).mean())
+        errors[len(cameras)] = max(errs)
+    assert errors[2] < 0.15 and errors[1] > 2 * errors[2], errors
+
+
+def test_a_camera_the_store_does_not_hold_is_refused(toy_store, tmp_path):
+    cfg = _cfg(toy_store, tmp_path / "ckpt")
+    cfg.policy_overrides = {**SMALL, "cameras": ["wrist_camera"]}
+    with pytest.raises(WmpoError, match="an episode store holds one camera"):
+        train_policy(cfg)

@@ -15,6 +15,7 @@ pickles, checks every weight shape, and returns a `VLAChunkPolicy`.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 
 from wmpo_core.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from wmpo_core.errors import CheckpointError
-from wmpo_core.policy.configuration_policy import PolicyConfig
+from wmpo_core.policy.configuration_policy import EPISODE_START, PolicyConfig
 from wmpo_core.policy.modeling_policy import VLAPolicyModel, sample_tokens
 from wmpo_core.policy.processing_policy import NormalizationStats, PolicyProcessor
 from wmpo_core.policy_api import Observation
@@ -149,12 +150,33 @@ class VLAChunkPolicy:
     def reset(self) -> None:
         if self._seed is not None:
             self._generator.manual_seed(self._seed)
+        self._episode_start: np.ndarray | None = None
 
     def predict_chunk(self, obs: Observation) -> np.ndarray:
         return self.predict_chunks([obs])[0]
 
+    def _with_episode_start(self, observations: list[Observation]) -> list[Observation]:
+        """Fill the EPISODE_START camera with the first frame seen since reset()."""
+        if all(EPISODE_START in o.images for o in observations):
+            return observations
+        if len(observations) != 1:
+            raise ValueError(
+                f"batched observations must carry their own '{EPISODE_START}' image; "
+                "only a single stream (predict_chunk after reset()) is filled in"
+            )
+        obs = observations[0]
+        first_camera = self.model.config.cameras[0]
+        if self._episode_start is None:
+            if first_camera not in obs.images:
+                raise ValueError(f"observation lacks camera '{first_camera}'")
+            self._episode_start = np.array(obs.images[first_camera], copy=True)
+        images = {**obs.images, EPISODE_START: self._episode_start}
+        return [dataclasses.replace(obs, images=images)]
+
     def predict_chunks(self, observations: list[Observation]) -> np.ndarray:
         """Batched: float32 [B, K, D] actions for B observations."""
+        if self.model.config.reads_episode_start:
+            observations = self._with_episode_start(observations)
         frames = np.stack([self.processor.observation_frames(o.images) for o in observations])
         instructions = [o.instruction or self.default_instruction for o in observations]
         if not all(instructions):

@@ -23,6 +23,10 @@ from typing import Any
 from wmpo_core.interfaces import DEFAULT_CHUNK_SIZE, EE_ACTION_NAMES
 
 PRESETS = ("tiny", "base")
+EPISODE_START = "episode_start"
+"""A camera name a policy may read after its real cameras: the first camera's frame at
+the episode's first step, before the arm covers the objects. ChunkPolicy fills it in
+from the first observation after reset(); training windows append frame 0."""
 
 
 @dataclass
@@ -38,7 +42,7 @@ class PolicyConfig:
     image_size: int = 64
     """Square side the camera image is resized to before the model sees it."""
     cameras: tuple[str, ...] = ("camera",)
-    """Observation image keys the policy reads, in order."""
+    """Observation image keys the policy reads, in order; EPISODE_START may come last."""
     proprio_dim: int = 0
     """Length of the proprio vector (0 = the policy does not use proprio)."""
 
@@ -95,6 +99,10 @@ class PolicyConfig:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}")
         if not self.cameras:
             raise ValueError("cameras must name at least one observation image key")
+        if EPISODE_START in self.cameras[:-1] or self.cameras == (EPISODE_START,):
+            raise ValueError(
+                f"'{EPISODE_START}' must come last, after a real camera: got {list(self.cameras)}"
+            )
         if self.keypoints < 0 or (self.keypoints and self.keypoint_tokens < 1):
             raise ValueError(
                 f"keypoints must be >= 0 with keypoint_tokens >= 1, got {self.keypoints}, "
@@ -110,6 +118,10 @@ class PolicyConfig:
             raise ValueError(
                 "preset 'base' needs backbone_path (a local save_pretrained directory)"
             )
+
+    @property
+    def reads_episode_start(self) -> bool:
+        return self.cameras[-1] == EPISODE_START
 
     @property
     def action_dim(self) -> int:
