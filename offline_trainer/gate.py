@@ -47,6 +47,7 @@ class _ActionRecorder:
 
     def __init__(self, policy) -> None:
         self.policy, self.chunks = policy, []
+        self.reads_first_frame = getattr(policy, "reads_first_frame", False)
 
     def sample_chunk(self, images, instructions, temperature):
         actions, tokens, logp = self.policy.sample_chunk(images, instructions, temperature)
@@ -87,6 +88,9 @@ def _imagined_rollouts(policy, imagination, reward, frames, instructions, max_ch
 
 
 def _greedy_actions(policy, frames: torch.Tensor, instructions: list[str]) -> np.ndarray:
+    """The first chunk from each first frame (which is also the episode's first frame)."""
+    if getattr(policy, "reads_first_frame", False):
+        frames = torch.stack([frames, frames], dim=1)
     actions, _, _ = policy.sample_chunk(frames, instructions, GREEDY_TEMPERATURE)
     return np.asarray(actions, dtype=np.float64)
 

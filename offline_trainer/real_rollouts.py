@@ -115,6 +115,7 @@ class SampledChunkPolicy:
 
     def reset(self) -> None:
         self.images: list[np.ndarray] = []
+        """What the policy saw per chunk: [S, S, 3], or [2, S, S, 3] with the first frame."""
         self.tokens: list[torch.Tensor] = []
         self.logprobs: list[torch.Tensor] = []
         self.actions: list[np.ndarray] = []
@@ -123,6 +124,9 @@ class SampledChunkPolicy:
         from wmpo_core.policy.processing_policy import prepare_image
 
         img = prepare_image(obs.images["camera"], self.image_size)
+        if getattr(self.vla, "reads_first_frame", False):
+            first = self.images[0][0] if self.images else img
+            img = np.stack([img, first])
         images = torch.from_numpy(img)[None]
         if self.temperature > 0:
             actions, tokens, logp = self.vla.sample_chunk(

@@ -25,7 +25,9 @@ from wmpo_core.errors import WmpoError
 INSTRUCTION = "lift the red cube"
 
 
-def tiny_policy_checkpoint(path: Path, image_size: int = 32) -> Path:
+def tiny_policy_checkpoint(
+    path: Path, image_size: int = 32, cameras: tuple[str, ...] = ("camera",)
+) -> Path:
     from wmpo_core.policy.checkpoint_policy import save_policy_checkpoint
     from wmpo_core.policy.configuration_policy import preset_config
     from wmpo_core.policy.modeling_policy import VLAPolicyModel
@@ -39,6 +41,7 @@ def tiny_policy_checkpoint(path: Path, image_size: int = 32) -> Path:
         n_layers=1,
         vision_channels=(8, 16, 16),
         vision_grid=4,
+        cameras=cameras,
     )
     rng = np.random.default_rng(0)
     stats = NormalizationStats.from_actions(rng.uniform(-0.5, 0.5, (200, 7)))
@@ -270,3 +273,32 @@ def test_collect_to_store_is_idempotent_and_labels_rollouts(tmp_path):
     assert collect_to_store(ckpt, "Lift", 2, tmp_path / "store", repeats=2, **kw) == ids
     again = sorted(p.stat().st_mtime_ns for p in (tmp_path / "store").rglob("*") if p.is_file())
     assert again == mtimes and sorted(store.ids()) == sorted(ids)
+
+
+def test_dpo_and_real_rollouts_hand_a_first_frame_policy_its_episode_start(tmp_path):
+    """Both baselines feed a policy that reads EPISODE_START each chunk's frame beside the
+    episode's first, as the runtime ChunkPolicy and imagination do."""
+    from offline_trainer.real_rollouts import SampledChunkPolicy, load_vla
+    from wmpo_core.policy.configuration_policy import EPISODE_START
+    from wmpo_core.policy_api import Observation
+    from wmpo_core.store import EpisodeMeta, EpisodeStore
+
+    ckpt = tiny_policy_checkpoint(tmp_path / "policy", cameras=("camera", EPISODE_START))
+    policy, _ = load_vla(ckpt)
+    rng = np.random.default_rng(2)
+    frames = rng.integers(0, 256, (13, 32, 32, 3), dtype=np.uint8)
+    store = EpisodeStore(tmp_path / "store", create=True)
+    meta = EpisodeMeta(id="e0", task="Lift", instruction=INSTRUCTION, success=True, seed=1)
+    store.add(meta, frames, rng.uniform(-0.5, 0.5, (13, 7)))
+    traj = trajectory_from_episode(store.load("e0"), policy.processor, policy.config)
+    assert tuple(traj.images.shape) == (2, 2, 32, 32, 3)  # chunks at steps 0 and 8
+    assert torch.equal(traj.images[1, 0], torch.from_numpy(frames[8]))
+    assert torch.equal(traj.images[1, 1], torch.from_numpy(frames[0]))
+    assert torch.isfinite(trajectory_logprob(policy, traj, 1.0))
+
+    sampler = SampledChunkPolicy(policy, temperature=1.0)
+    for t in (0, 8):
+        sampler.predict_chunk(Observation({"camera": frames[t]}, INSTRUCTION))
+    assert [img.shape for img in sampler.images] == [(2, 32, 32, 3)] * 2
+    assert np.array_equal(sampler.images[1][1], frames[0])
+    assert np.array_equal(sampler.images[1][0], frames[8])

@@ -319,7 +319,7 @@ def test_cli_train_grpo_help():
     assert "--world-model" in out.stdout and "--reward" in out.stdout
 
 
-def _tiny_real_models(d: Path) -> None:
+def _tiny_real_models(d: Path, cameras: tuple[str, ...] = ("camera",)) -> None:
     """Untrained tiny policy / world model / reward model checkpoints and a 3-episode store."""
     import numpy as np
 
@@ -336,7 +336,13 @@ def _tiny_real_models(d: Path) -> None:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     pcfg = preset_config(
-        "tiny", image_size=32, d_model=32, n_layers=1, vision_channels=(8, 16, 16), vision_grid=4
+        "tiny",
+        image_size=32,
+        d_model=32,
+        n_layers=1,
+        vision_channels=(8, 16, 16),
+        vision_grid=4,
+        cameras=cameras,
     )
     stats = NormalizationStats.from_actions(rng.uniform(-1, 1, (100, 7)))
     save_policy_checkpoint(
@@ -398,3 +404,28 @@ def test_cli_runs_grpo_on_the_real_tiny_models_and_resumes(tmp_path):
     videos = sorted((tmp_path / "run/videos").glob("iter_*.mp4"))
     assert [v.name for v in videos] == ["iter_0001.mp4", "iter_0002.mp4"]
     assert all(v.stat().st_size > 1000 for v in videos)
+
+
+def test_a_policy_reading_the_first_frame_trains_in_imagination(tmp_path):
+    """Imagined rollouts hand such a policy each imagined frame beside the real first frame,
+    and the update recomputes the rollout's log-probs from the same pair."""
+    from offline_trainer.grpo.adapters import VLAGRPOPolicy
+    from wmpo_core.cli import main as wmpo_main
+    from wmpo_core.policy.checkpoint_policy import load_policy
+    from wmpo_core.policy.configuration_policy import EPISODE_START
+
+    _tiny_real_models(tmp_path, cameras=("camera", EPISODE_START))
+    args = [
+        "train", "grpo", "--policy", str(tmp_path / "policy"), "--world-model", str(tmp_path / "wm"),
+        "--reward", str(tmp_path / "rm"), "--store", str(tmp_path / "store"), "--out", str(tmp_path / "run"),
+        "--iterations", "1", "--set", "groups_per_step=2", "group_size=4", "max_chunks=2",
+        "minibatch_trajectories=8", "micro_batch_trajectories=4", "rollout_batch_size=8",
+        "success_rate_low=0.0", "success_rate_high=1.0",
+    ]  # fmt: skip
+    assert wmpo_main(args) == 0
+    row = json.loads((tmp_path / "run/metrics.jsonl").read_text().splitlines()[0])
+    assert row["debug/first_logprob_max_abs_diff"] < 1e-5 and row["train/tokens"] > 0
+    policy = VLAGRPOPolicy(*load_policy(tmp_path / "run/policy"))
+    assert policy.reads_first_frame
+    with pytest.raises(WmpoError, match=r"reads \[B, 2, H, W, 3\]"):
+        policy.token_logits(torch.zeros(1, 32, 32, 3, dtype=torch.uint8), ["lift the red cube"])

@@ -117,7 +117,8 @@ class Trajectory:
     seed: int | None
     success: bool
     images: torch.Tensor
-    """uint8 [C, S, S, 3]: the frame each chunk was predicted from."""
+    """uint8 [C, S, S, 3]: the frame each chunk was predicted from ([C, 2, S, S, 3] with the
+    episode's first frame beside it, for a policy reading it)."""
     tokens: torch.Tensor
     """long [C, K, D]."""
     mask: torch.Tensor
@@ -145,6 +146,8 @@ def trajectory_from_episode(episode: Any, processor: Any, config: Any) -> Trajec
             for c in range(n_chunks)
         ]
     )
+    if config.reads_episode_start:  # each chunk's frame beside the episode's first
+        frames = np.stack([frames, np.broadcast_to(frames[:1], frames.shape)], axis=1)
     return Trajectory(
         meta.id, meta.seed, bool(meta.success), torch.from_numpy(frames), tokens, mask,
         meta.instruction,

@@ -34,19 +34,25 @@ def _resize_batch(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 class VLAGRPOPolicy(torch.nn.Module):
-    """The VLA as a TrainablePolicy (one camera, no proprio: the world model imagines
-    only the main camera)."""
+    """The VLA as a TrainablePolicy (the main camera, and optionally the episode's first
+    frame of it; no proprio: the world model imagines only the main camera).
+
+    Images are uint8 [B, H, W, 3], or [B, 2, H, W, 3] (current, first frame) for a policy
+    that `reads_first_frame`."""
 
     def __init__(self, model: Any, processor: Any, manifest: dict[str, Any], device: str = "cpu"):
+        from wmpo_core.policy.configuration_policy import EPISODE_START
+
         super().__init__()
         cfg = model.config
-        if tuple(cfg.cameras) != ("camera",) or cfg.proprio_dim:
+        if tuple(cfg.cameras) not in (("camera",), ("camera", EPISODE_START)) or cfg.proprio_dim:
             raise WmpoError(
-                f"GRPO in imagination needs a policy that reads only the main camera and no "
-                f"proprio (the world model imagines nothing else); this one reads cameras "
-                f"{list(cfg.cameras)} with proprio_dim={cfg.proprio_dim}. Train a single-camera "
-                "policy for WMPO"
+                f"GRPO in imagination needs a policy that reads only the main camera (and "
+                f"its first frame, '{EPISODE_START}') and no proprio: the world model imagines "
+                f"nothing else. This one reads cameras {list(cfg.cameras)} with "
+                f"proprio_dim={cfg.proprio_dim}. Train a single-camera policy for WMPO"
             )
+        self.reads_first_frame = bool(cfg.reads_episode_start)
         self.model = model.to(device)
         self.processor = processor
         self.manifest = manifest
@@ -55,7 +61,17 @@ class VLAGRPOPolicy(torch.nn.Module):
 
     def _batch(self, images: torch.Tensor, instructions: Sequence[str]) -> Any:
         frames = _resize_batch(np.asarray(images.cpu()), self.config.image_size)
-        return self.processor.batch(frames[:, None], list(instructions)).to(self.device)
+        if self.reads_first_frame != (frames.ndim == 5):
+            raise WmpoError(
+                f"images {tuple(frames.shape)}: this policy reads "
+                + (
+                    "[B, 2, H, W, 3] (current, first frame)"
+                    if self.reads_first_frame
+                    else "[B, H, W, 3]"
+                )
+            )
+        frames = frames if frames.ndim == 5 else frames[:, None]
+        return self.processor.batch(frames, list(instructions)).to(self.device)
 
     def token_logits(self, images: torch.Tensor, instructions: Sequence[str]) -> torch.Tensor:
         return self.model(self._batch(images, instructions)).float()  # stays on the device

@@ -86,7 +86,8 @@ class RolloutBatch:
     """N imagined trajectories, padded to T chunks; `chunk_mask` marks real chunks."""
 
     observations: torch.Tensor
-    """uint8 [N, T, H, W, 3]: the frame the policy saw before each chunk."""
+    """uint8 [N, T, H, W, 3]: the frame the policy saw before each chunk ([N, T, 2, H, W, 3]
+    with the episode's first frame beside it, for a policy that `reads_first_frame`)."""
     tokens: torch.Tensor
     """long [N, T, K, D]."""
     logprobs: torch.Tensor
@@ -191,10 +192,12 @@ def imagine_rollouts(
     success = torch.zeros(b, dtype=torch.bool)
     end_frame = torch.zeros(b, dtype=torch.long)
     observations, tokens_t, logprobs_t, masks = [], [], [], []
+    with_first = bool(getattr(policy, "reads_first_frame", False))
     for _ in range(max_chunks):
-        actions, tokens, logprobs = policy.sample_chunk(obs, list(instructions), temperature)
+        seen = torch.stack([obs, first_frames], dim=1) if with_first else obs
+        actions, tokens, logprobs = policy.sample_chunk(seen, list(instructions), temperature)
         _check_chunk(actions, tokens, logprobs, b)
-        observations.append(obs)
+        observations.append(seen)
         tokens_t.append(tokens.long())
         logprobs_t.append(logprobs.float())
         masks.append(alive.clone())
