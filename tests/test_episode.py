@@ -75,3 +75,21 @@ def test_parse_rejects_foreign_json_and_commands():
     )
     with pytest.raises(EpisodeError, match="expected"):
         parse_command('{"command": "explode"}')
+
+
+def test_episode_start_frame_is_the_first_main_frame_until_the_next_start():
+    """The runtime, not the policy, keeps the first frame: a policy swapped in mid-episode
+    still sees the episode's real first frame, and a new episode replaces it."""
+    import numpy as np
+
+    from wmpo_core.interfaces import EPISODE_START
+    from wmpo_core.runtime.episode import EpisodeStartFrame
+
+    first = EpisodeStartFrame("camera")
+    a, b, c = (np.full((4, 4, 3), v, np.uint8) for v in (1, 2, 3))
+    assert first.add_to({"wrist_camera": a}) == {"wrist_camera": a}  # no main frame yet
+    assert first.add_to({"camera": a})[EPISODE_START] is a
+    later = first.add_to({"camera": b, "wrist_camera": c})
+    assert later[EPISODE_START] is a and later["camera"] is b and later["wrist_camera"] is c
+    first.reset()  # the next episode starts
+    assert first.add_to({"camera": c})[EPISODE_START] is c

@@ -42,6 +42,10 @@ OSC_MAX_TRANSLATION_M = 0.05
 OSC_MAX_ROTATION_RAD = 0.5
 DEFAULT_CONTROL_RATE_HZ = 20.0
 
+# A camera name a policy may read after its real cameras: the main camera's frame at the
+# episode's first step, before the arm covers the objects (PolicyConfig.cameras).
+EPISODE_START = "episode_start"
+
 # --- defaults ------------------------------------------------------------------
 DEFAULT_IMAGE_SIZE = 128
 DEFAULT_CHUNK_SIZE = 8  # K, as in WMPO / OpenVLA-OFT

@@ -46,7 +46,7 @@ from wmpo_core.interfaces import (
 from wmpo_core.policy_api import ChunkPolicy, Observation
 from wmpo_core.registry import Registry, resolve_promoted
 from wmpo_core.runtime.diagnostics import RollingStats, Throttle
-from wmpo_core.runtime.episode import EpisodeError, parse_event
+from wmpo_core.runtime.episode import EpisodeError, EpisodeStartFrame, parse_event
 from wmpo_core.runtime.hotswap import contract_of, registry_root_of
 from wmpo_core.runtime.policies import load_policy
 from wmpo_core.runtime.topics import CHUNK_REQUEST_TOPIC, SIM_STATE_TOPIC
@@ -218,6 +218,8 @@ class PolicyNode(LifecycleNode):
         self._episode_start = -1.0
         self._last_used_stamp = -1.0
         self._reset_policy = False
+        main_camera = camera_name(next(iter(self.get_parameter("camera_topics").value), "camera"))
+        self._first_frame = EpisodeStartFrame(main_camera)
         self._pending_request = False
         self._throttle = Throttle(2.0)
         self._latency = RollingStats()
@@ -432,6 +434,7 @@ class PolicyNode(LifecycleNode):
                 # Frames from before the start show the previous scene: never act on them.
                 self._episode_start = event.start_stamp or event.stamp
                 self._images.clear()
+                self._first_frame.reset()
                 self._privileged = {}
                 self._instruction = event.instruction or self._instruction
                 self._reset_policy = True
@@ -495,7 +498,8 @@ class PolicyNode(LifecycleNode):
                 self._reset_policy = False
             self._last_used_stamp = stamp
             obs = Observation(
-                images={k: v[0] for k, v in self._images.items()},
+                # Plus the episode's first frame, for a policy that reads it.
+                images=self._first_frame.add_to({k: v[0] for k, v in self._images.items()}),
                 instruction=self._instruction,
                 proprio=None if self._joints is None else self._joints.copy(),
                 stamp=stamp,

@@ -20,13 +20,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from wmpo_core.interfaces import DEFAULT_CHUNK_SIZE, EE_ACTION_NAMES
+# EPISODE_START: ChunkPolicy fills it from the first observation after reset() (policy_node
+# passes it itself); training windows append frame 0.
+from wmpo_core.interfaces import DEFAULT_CHUNK_SIZE, EE_ACTION_NAMES, EPISODE_START
 
 PRESETS = ("tiny", "base")
-EPISODE_START = "episode_start"
-"""A camera name a policy may read after its real cameras: the first camera's frame at
-the episode's first step, before the arm covers the objects. ChunkPolicy fills it in
-from the first observation after reset(); training windows append frame 0."""
+__all__ = ["EPISODE_START", "PRESETS", "PolicyConfig", "preset_config"]
 
 
 @dataclass

@@ -174,3 +174,27 @@ def parse_command(text: str) -> tuple[str, dict[str, Any]]:
             f"got {text[:80]!r}"
         )
     return data["command"], {k: v for k, v in data.items() if k != "command"}
+
+
+class EpisodeStartFrame:
+    """Keeps the main camera's first frame of the episode and adds it to every observation
+    as the EPISODE_START camera. The runtime holds it, not the policy, so a policy swapped
+    in mid-episode still sees the episode's real first frame."""
+
+    def __init__(self, main_camera: str):
+        self.main_camera = main_camera
+        self.frame = None
+
+    def reset(self) -> None:
+        """At an episode start: the next observation's frame becomes the first frame."""
+        self.frame = None
+
+    def add_to(self, images: dict) -> dict:
+        """`images` with EPISODE_START added (unchanged while no main-camera frame exists)."""
+        from wmpo_core.interfaces import EPISODE_START
+
+        if self.main_camera not in images:
+            return images
+        if self.frame is None:
+            self.frame = images[self.main_camera]
+        return {**images, EPISODE_START: self.frame}
