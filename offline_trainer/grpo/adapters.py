@@ -62,14 +62,12 @@ class VLAGRPOPolicy(torch.nn.Module):
     def _batch(self, images: torch.Tensor, instructions: Sequence[str]) -> Any:
         frames = _resize_batch(np.asarray(images.cpu()), self.config.image_size)
         if self.reads_first_frame != (frames.ndim == 5):
-            raise WmpoError(
-                f"images {tuple(frames.shape)}: this policy reads "
-                + (
-                    "[B, 2, H, W, 3] (current, first frame)"
-                    if self.reads_first_frame
-                    else "[B, H, W, 3]"
-                )
+            wanted = (
+                "[B, 2, H, W, 3] (current, first frame)"
+                if self.reads_first_frame
+                else "[B, H, W, 3]"
             )
+            raise WmpoError(f"images {tuple(frames.shape)}: this policy reads {wanted}")
         frames = frames if frames.ndim == 5 else frames[:, None]
         return self.processor.batch(frames, list(instructions)).to(self.device)
 

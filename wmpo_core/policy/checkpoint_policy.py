@@ -28,6 +28,7 @@ from wmpo_core.policy.configuration_policy import EPISODE_START, PolicyConfig
 from wmpo_core.policy.modeling_policy import VLAPolicyModel, sample_tokens
 from wmpo_core.policy.processing_policy import NormalizationStats, PolicyProcessor
 from wmpo_core.policy_api import Observation
+from wmpo_core.runtime.episode import EpisodeStartFrame
 
 KIND = "policy"
 FORMAT = "wmpo-policy/1"
@@ -145,12 +146,13 @@ class VLAChunkPolicy:
         self.default_instruction = instructions[0] if len(instructions) == 1 else ""
         self._seed = seed
         self._generator = torch.Generator()
+        self._first_frame = EpisodeStartFrame(model.config.cameras[0])
         self.reset()
 
     def reset(self) -> None:
         if self._seed is not None:
             self._generator.manual_seed(self._seed)
-        self._episode_start: np.ndarray | None = None
+        self._first_frame.reset()
 
     def predict_chunk(self, obs: Observation) -> np.ndarray:
         return self.predict_chunks([obs])[0]
@@ -165,13 +167,7 @@ class VLAChunkPolicy:
                 "only a single stream (predict_chunk after reset()) is filled in"
             )
         obs = observations[0]
-        first_camera = self.model.config.cameras[0]
-        if self._episode_start is None:
-            if first_camera not in obs.images:
-                raise ValueError(f"observation lacks camera '{first_camera}'")
-            self._episode_start = np.array(obs.images[first_camera], copy=True)
-        images = {**obs.images, EPISODE_START: self._episode_start}
-        return [dataclasses.replace(obs, images=images)]
+        return [dataclasses.replace(obs, images=self._first_frame.add_to(obs.images))]
 
     def predict_chunks(self, observations: list[Observation]) -> np.ndarray:
         """Batched: float32 [B, K, D] actions for B observations."""
