@@ -13,6 +13,10 @@ the episode store (wmpo_core/store.py) as frames + actions + meta.
   models need the failures and detours these produce (docs/sim.md).
 - Labels: success is the sim's privileged flag at the episode's end
   (labelled_by='sim'). Episodes end 8 steps after success, or at the horizon.
+- `--takeover-from CKPT`: expert takeovers instead of demonstrations. The policy acts
+  greedily for a number of steps drawn per seed from `--takeover-steps LO:HI`, then a
+  fresh scripted expert finishes the episode (offline_trainer/takeover.py); stored as
+  kind='rollout' with `extra.takeover_step`, for `wmpo train policy --with-takeovers`.
 - Keep collection seeds below 100000: evaluation (`wmpo eval policy`) starts there.
 """
 
@@ -44,6 +48,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=128, help="frame side in pixels")
     parser.add_argument("--seed-start", type=int, default=0, help="seed of the first episode")
     parser.add_argument("--camera", default="agentview", help="robosuite camera")
+    parser.add_argument(
+        "--takeover-from",
+        metavar="CKPT",
+        default=None,
+        help="expert takeovers: this policy acts first, then the scripted expert finishes "
+        "(DAgger-style correction data; see docs/policy.md)",
+    )
+    parser.add_argument(
+        "--takeover-steps",
+        metavar="LO:HI",
+        default="20:200",
+        help="with --takeover-from: the expert takes over at a step drawn per seed from "
+        "[LO, HI] (default 20:200)",
+    )
 
 
 def perturbation_for(seed: int, frac: float) -> str | None:
@@ -72,10 +90,17 @@ def _check(args: argparse.Namespace) -> None:
             f"seeds {args.seed_start}..{args.seed_start + args.episodes - 1} overlap the "
             f"evaluation seeds (>= {EVAL_SEED_START}); use a lower --seed-start"
         )
+    if args.takeover_from is not None and args.perturb_frac > 0:
+        raise WmpoError("--perturb-frac and --takeover-from do not combine: choose one")
 
 
 def run(args: argparse.Namespace) -> int:
     _check(args)
+    if args.takeover_from is not None:
+        from offline_trainer.takeover import collect_takeovers, parse_step_range
+
+        parse_step_range(args.takeover_steps)  # a bad range fails before the policy loads
+        return collect_takeovers(args)
     from tqdm import tqdm
 
     from wmpo_core.sim.arm import SimArm, SimConfig

@@ -76,8 +76,10 @@ def select_episodes(
     successful_rollouts: bool = False,
     drop_failed_demonstrations: bool = False,
     where: Callable[[EpisodeMeta], bool] | None = None,
+    successful_takeovers: bool = False,
 ) -> list[str]:
-    """Episode ids to train on: demonstrations of a task, optionally successful rollouts."""
+    """Episode ids to train on: demonstrations of a task, optionally successful rollouts
+    and successful expert takeovers (offline_trainer/takeover.py)."""
     ids = []
     for meta in store.metas():
         if task is not None and meta.task != task:
@@ -87,9 +89,24 @@ def select_episodes(
             keep = False  # unlabelled (None) demonstrations stay: teleop is presumed good
         if successful_rollouts and meta.kind == "rollout" and meta.success:
             keep = True
+        if successful_takeovers and meta.success and takeover_step(meta) is not None:
+            keep = True
         if keep and (where is None or where(meta)):
             ids.append(meta.id)
     return ids
+
+
+def takeover_step(meta: EpisodeMeta) -> int | None:
+    """Where the expert took over a policy rollout (`extra.takeover_step`), else None."""
+    step = meta.extra.get("takeover_step")
+    return None if step is None else int(step)
+
+
+def expert_labelled_from(meta: EpisodeMeta) -> int:
+    """First step whose action is the expert's: the takeover step, or 0 for any other
+    episode. Behaviour cloning anchors windows from here on (the policy's own actions
+    before a takeover are not labels)."""
+    return takeover_step(meta) or 0
 
 
 class WindowDataset(torch.utils.data.Dataset):
@@ -101,9 +118,13 @@ class WindowDataset(torch.utils.data.Dataset):
         episode_ids: Sequence[str] | None = None,
         spec: WindowSpec | None = None,
         image_size: int | None = None,
+        first_anchor: Callable[[EpisodeMeta], int] | None = None,
     ):
+        """`first_anchor(meta)`: the episode's first anchor step (default 0); the world model
+        trains on every step, behaviour cloning passes `expert_labelled_from`."""
         self.store = store if isinstance(store, EpisodeStore) else EpisodeStore(store)
         self.spec = spec or WindowSpec()
+        self.first_anchor = first_anchor or (lambda meta: 0)
         ids = list(self.store.ids() if episode_ids is None else episode_ids)
         if not ids:
             raise StoreError(f"{self.store.root}: no episodes selected for training")
@@ -129,7 +150,7 @@ class WindowDataset(torch.utils.data.Dataset):
         for e_idx, ep in enumerate(self.episodes):
             n = len(ep.actions)
             last_anchor = n - max(need, 1)
-            for t in range(0, last_anchor + 1, self.spec.stride):
+            for t in range(self.first_anchor(ep.meta), last_anchor + 1, self.spec.stride):
                 rows.append((e_idx, t))
         return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
 
@@ -142,8 +163,10 @@ class WindowDataset(torch.utils.data.Dataset):
         return sorted({e.meta.instruction for e in self.episodes})
 
     def all_actions(self) -> np.ndarray:
-        """Every action of the selected episodes (for normalization stats)."""
-        return np.concatenate([np.asarray(e.actions, dtype=np.float32) for e in self.episodes])
+        """Every action from each episode's first anchor on (for normalization stats)."""
+        return np.concatenate(
+            [np.asarray(e.actions[self.first_anchor(e.meta) :], np.float32) for e in self.episodes]
+        )
 
     def __len__(self) -> int:
         return len(self.index)

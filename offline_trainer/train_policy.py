@@ -17,6 +17,7 @@ import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from offline_trainer.datasets import WindowDataset, WindowSpec, select_episodes, split_episode_ids
+from offline_trainer.datasets import (
+    WindowDataset,
+    WindowSpec,
+    expert_labelled_from,
+    select_episodes,
+    split_episode_ids,
+)
 from offline_trainer.overrides import parse_field_overrides
 from wmpo_core.errors import WmpoError
 from wmpo_core.fileio import atomic_write_json
@@ -81,6 +88,9 @@ class TrainPolicyConfig:
     spread each target over many bins; smoothing shares evidence between them."""
     with_rollouts: bool = False
     """Also clone successful policy rollouts from the store."""
+    with_takeovers: bool = False
+    """Also clone successful expert takeovers (`wmpo collect --takeover-from`): only the
+    expert's part of each, from its `extra.takeover_step` on."""
     with_failed_demos: bool = False
     """Also clone demonstrations labelled as failures (dropped by default)."""
     val_episodes: int = -1
@@ -138,6 +148,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--with-rollouts", action="store_true", help="also clone successful rollouts"
     )
+    parser.add_argument(
+        "--with-takeovers",
+        action="store_true",
+        help="also clone the expert's part of successful takeovers (wmpo collect --takeover-from)",
+    )
     parser.add_argument("--val-episodes", type=int, default=-1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -181,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
         shift_pad=args.shift_pad,
         label_sigma_bins=args.label_sigma,
         with_rollouts=args.with_rollouts,
+        with_takeovers=args.with_takeovers,
         val_episodes=args.val_episodes,
         seed=args.seed,
         threads=args.threads,
@@ -385,6 +401,7 @@ def train_policy(cfg: TrainPolicyConfig) -> dict:
         task=cfg.task,
         successful_rollouts=cfg.with_rollouts,
         drop_failed_demonstrations=not cfg.with_failed_demos,
+        successful_takeovers=cfg.with_takeovers,
     )
     if not ids:
         raise WmpoError(
@@ -399,10 +416,9 @@ def train_policy(cfg: TrainPolicyConfig) -> dict:
         future_actions=cfg.chunk_size,
         first_frame=_store_cameras(cfg.policy_overrides) == ("camera", EPISODE_START),
     )
-    train_data = WindowDataset(store, train_ids, spec, image_size=cfg.image_size)
-    val_data = (
-        WindowDataset(store, val_ids, spec, image_size=train_data.image_size) if val_ids else None
-    )
+    windows = partial(WindowDataset, store, spec=spec, first_anchor=expert_labelled_from)
+    train_data = windows(train_ids, image_size=cfg.image_size)
+    val_data = windows(val_ids, image_size=train_data.image_size) if val_ids else None
 
     torch.manual_seed(cfg.seed)
     overrides = dict(cfg.policy_overrides)
@@ -418,9 +434,9 @@ def train_policy(cfg: TrainPolicyConfig) -> dict:
         )
     model = VLAPolicyModel(pcfg)
     if pcfg.image_size != train_data.image_size:  # base: the vision tower fixes the size
-        train_data = WindowDataset(store, train_ids, spec, image_size=pcfg.image_size)
+        train_data = windows(train_ids, image_size=pcfg.image_size)
         if val_data is not None:
-            val_data = WindowDataset(store, val_ids, spec, image_size=pcfg.image_size)
+            val_data = windows(val_ids, image_size=pcfg.image_size)
     stats = NormalizationStats.from_actions(train_data.all_actions())
     processor = PolicyProcessor(pcfg, stats, model.instruction_vocab)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
