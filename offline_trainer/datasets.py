@@ -98,8 +98,7 @@ def select_episodes(
 
 def takeover_step(meta: EpisodeMeta) -> int | None:
     """Where the expert took over a policy rollout (`extra.takeover_step`), else None."""
-    step = meta.extra.get("takeover_step")
-    return None if step is None else int(step)
+    return int(meta.extra["takeover_step"]) if meta.taken_over else None
 
 
 def expert_labelled_from(meta: EpisodeMeta) -> int:

@@ -41,6 +41,8 @@ def real_success_by_version(store_dir: Path, task: str | None) -> dict[str, dict
     for meta in EpisodeStore(store_dir).metas():
         if meta.kind != "rollout" or meta.success is None or (task and meta.task != task):
             continue
+        if meta.taken_over:
+            continue  # the expert finished it: not the policy's own success or failure
         row = out.setdefault(meta.policy_version or "?", {"n": 0, "successes": 0})
         row["n"] += 1
         row["successes"] += int(bool(meta.success))

@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from offline_trainer.baselines.dpo import load_trajectories as load_dpo_trajectories
 from offline_trainer.datasets import (
     WindowDataset,
     WindowSpec,
     expert_labelled_from,
     select_episodes,
 )
+from offline_trainer.report import real_success_by_version
 from offline_trainer.takeover import parse_step_range, run_takeover_episode, takeover_step_for
 from offline_trainer.train_policy import TrainPolicyConfig, train_policy
 from wmpo_core.cli import main as wmpo
@@ -26,6 +28,7 @@ from wmpo_core.sim.arm import SimArm, SimConfig
 from wmpo_core.sim.episode import run_expert_episode
 from wmpo_core.sim.experts import make_expert
 from wmpo_core.store import EpisodeMeta, EpisodeStore
+from wmpo_core.world_model.training import select_episodes as select_world_model_episodes
 
 REPO = Path(__file__).resolve().parents[1]
 LIFT_POLICY = REPO / "assets" / "policies" / "Lift"
@@ -88,8 +91,10 @@ def _toy_store(root: Path) -> EpisodeStore:
         ("demo", "demonstration", True, None),
         ("took", "rollout", True, 6),
         ("lost", "rollout", False, 6),
+        ("own", "rollout", False, None),
     ]:
-        meta = EpisodeMeta(id_, "Lift", LIFT, success=success, kind=kind)
+        version = "" if kind == "demonstration" else "p0"
+        meta = EpisodeMeta(id_, "Lift", LIFT, success=success, kind=kind, policy_version=version)
         if step is not None:
             meta.extra["takeover_step"] = step
         store.add(meta, frames, actions)
@@ -112,13 +117,23 @@ def test_bc_windows_of_a_takeover_start_where_the_expert_took_over(tmp_path):
     assert len(world) == 40
 
 
+def test_a_takeover_is_not_counted_as_the_policys_own_rollout(tmp_path):
+    store = _toy_store(tmp_path / "store")
+    # Real success per version (cycle report): only the rollout the policy finished itself.
+    assert real_success_by_version(store.root, "Lift")["p0"]["n"] == 1
+    # World-model alignment on the policy's own rollouts, and DPO's preference data.
+    aligned = select_world_model_episodes([store.root], policy_version="p0", split="all")
+    assert [meta.id for _, meta in aligned] == ["own"]
+    assert load_dpo_trajectories(store.root, None, None, ["took", "lost"]) == []
+
+
 def test_training_with_takeovers_clones_their_expert_part(tmp_path):
     store = _toy_store(tmp_path / "store")
     cfg = dict(data=str(store.root), task="Lift", steps=2, batch_size=4, progress=False)
     cfg |= dict(policy_overrides=SMALL, val_episodes=0, chunk_size=4)
     train_policy(TrainPolicyConfig(out=str(tmp_path / "a"), with_takeovers=True, **cfg))
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
-    assert manifest["data"]["episode_ids"] == ["demo", "took"]
+    assert manifest["data"]["episode_ids"] == ["demo", "took"]  # never "lost" or "own"
     train_policy(TrainPolicyConfig(out=str(tmp_path / "b"), **cfg))
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["data"]["episode_ids"] == ["demo"]

@@ -63,6 +63,12 @@ class EpisodeMeta:
     extra: dict[str, Any] = field(default_factory=dict)
     """Anything else (alignment gaps, action edits, robot name, ...)."""
 
+    @property
+    def taken_over(self) -> bool:
+        """An expert took over this rollout (`extra.takeover_step`, offline_trainer/takeover.py):
+        its outcome is not the policy's own, and its later actions are not the policy's."""
+        return self.extra.get("takeover_step") is not None
+
 
 @dataclass
 class Episode:

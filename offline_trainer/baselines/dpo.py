@@ -261,6 +261,8 @@ def load_trajectories(
         episode = store.load(episode_id)
         if episode.meta.success is None:
             continue  # unlabelled: no preference
+        if episode.meta.taken_over:
+            continue  # an expert finished it: its actions and outcome are not the policy's
         out.append(trajectory_from_episode(episode, processor, config))
     return out
 

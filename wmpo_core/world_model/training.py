@@ -44,7 +44,9 @@ def select_episodes(
             if task and meta.task != task:
                 continue
             if policy_version is not None and not (
-                meta.kind == "rollout" and meta.policy_version == policy_version
+                meta.kind == "rollout"
+                and meta.policy_version == policy_version
+                and not meta.taken_over  # an expert finished it: not the policy's behaviour
             ):
                 continue
             if labelled_only and meta.success is None:
