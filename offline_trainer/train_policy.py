@@ -371,6 +371,8 @@ def _identity(cfg: TrainPolicyConfig, train_ids: list[str]) -> dict:
         "max_minutes",
     ):
         d.pop(key)
+    if not d["with_takeovers"]:  # states saved before the option existed still resume
+        d.pop("with_takeovers")
     d["n_train_episodes"] = len(train_ids)
     d["train_ids_head"] = train_ids[:3]
     return json.loads(json.dumps(d))  # tuples -> lists, as they come back from state.json

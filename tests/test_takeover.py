@@ -18,7 +18,7 @@ from offline_trainer.datasets import (
 )
 from offline_trainer.report import real_success_by_version
 from offline_trainer.takeover import parse_step_range, run_takeover_episode, takeover_step_for
-from offline_trainer.train_policy import TrainPolicyConfig, train_policy
+from offline_trainer.train_policy import TrainPolicyConfig, _identity, train_policy
 from wmpo_core.cli import main as wmpo
 from wmpo_core.errors import WmpoError
 from wmpo_core.interfaces import TASK_INSTRUCTIONS
@@ -159,3 +159,10 @@ def test_collect_takeovers_cli_writes_rollouts_marked_with_the_takeover_step(tmp
     assert "do not combine" in capsys.readouterr().err
     assert wmpo(args[:-4] + ["--takeover-steps", "9:5"]) == 1
     assert "LO:HI" in capsys.readouterr().err
+
+
+def test_a_run_without_takeovers_keeps_its_resume_identity():
+    # Training states saved before --with-takeovers existed must still resume.
+    cfg = dict(data="STORE", out="OUT")
+    assert "with_takeovers" not in _identity(TrainPolicyConfig(**cfg), ["a"])
+    assert _identity(TrainPolicyConfig(**cfg, with_takeovers=True), ["a"])["with_takeovers"]
