@@ -74,6 +74,28 @@ def perturbation_for(seed: int, frac: float) -> str | None:
     return PERTURBATIONS[int(rng.integers(len(PERTURBATIONS)))]
 
 
+def sim_episode_meta(
+    episode_id_: str, task: str, seed: int, success: bool, kind: str, extra: dict, **fields
+):
+    """The EpisodeMeta of an episode run in the embedded sim, labelled by its success flag."""
+    from wmpo_core.store import EpisodeMeta
+
+    return EpisodeMeta(
+        id=episode_id_,
+        task=task,
+        instruction=TASK_INSTRUCTIONS[task],
+        success=success,
+        kind=kind,
+        labelled_by="sim",
+        seed=seed,
+        fps=DEFAULT_CONTROL_RATE_HZ,
+        action_names=list(EE_ACTION_NAMES),
+        source="sim",
+        extra=extra,
+        **fields,
+    )
+
+
 def episode_id(task: str, seed: int) -> str:
     return f"{task.lower()}-s{seed:06d}"
 
@@ -106,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from wmpo_core.sim.arm import SimArm, SimConfig
     from wmpo_core.sim.episode import EXTRA_STEPS_AFTER_SUCCESS, run_expert_episode
     from wmpo_core.sim.experts import make_expert
-    from wmpo_core.store import EpisodeMeta, EpisodeStore
+    from wmpo_core.store import EpisodeStore
 
     store = EpisodeStore(args.out, create=True)
     have = set(store.ids())
@@ -126,17 +148,12 @@ def run(args: argparse.Namespace) -> int:
             expert = make_expert(args.task, args.noise, seed=seed, perturbation=perturbation)
             ep = run_expert_episode(arm, expert, seed)
             kind = "demonstration" if perturbation is None else "rollout"
-            meta = EpisodeMeta(
-                id=episode_id(args.task, seed),
-                task=args.task,
-                instruction=TASK_INSTRUCTIONS[args.task],
-                success=ep.success,
-                kind=kind,
-                labelled_by="sim",
-                seed=seed,
-                fps=DEFAULT_CONTROL_RATE_HZ,
-                action_names=list(EE_ACTION_NAMES),
-                source="sim",
+            meta = sim_episode_meta(
+                episode_id(args.task, seed),
+                args.task,
+                seed,
+                ep.success,
+                kind,
                 extra={
                     "perturbation": perturbation,
                     "noise": args.noise,

@@ -89,23 +89,18 @@ def select_episodes(
             keep = False  # unlabelled (None) demonstrations stay: teleop is presumed good
         if successful_rollouts and meta.kind == "rollout" and meta.success:
             keep = True
-        if successful_takeovers and meta.success and takeover_step(meta) is not None:
+        if successful_takeovers and meta.success and meta.taken_over:
             keep = True
         if keep and (where is None or where(meta)):
             ids.append(meta.id)
     return ids
 
 
-def takeover_step(meta: EpisodeMeta) -> int | None:
-    """Where the expert took over a policy rollout (`extra.takeover_step`), else None."""
-    return int(meta.extra["takeover_step"]) if meta.taken_over else None
-
-
 def expert_labelled_from(meta: EpisodeMeta) -> int:
     """First step whose action is the expert's: the takeover step, or 0 for any other
     episode. Behaviour cloning anchors windows from here on (the policy's own actions
     before a takeover are not labels)."""
-    return takeover_step(meta) or 0
+    return int(meta.extra["takeover_step"]) if meta.taken_over else 0
 
 
 class WindowDataset(torch.utils.data.Dataset):

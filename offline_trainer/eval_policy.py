@@ -29,6 +29,7 @@ import numpy as np
 
 from wmpo_core.errors import WmpoError
 from wmpo_core.policy_api import ChunkPolicy, Observation
+from wmpo_core.sim.episode import SuccessWatch
 
 EVAL_SEED_START = 100_000
 """First evaluation seed; demonstrations use seeds below it (docs/policy.md)."""
@@ -115,7 +116,7 @@ def rollout(
     frames = [obs.image] if record else []
     scheduler = _scheduler(chunk_strategy, arm)
     done = False
-    success_step = None
+    watch = SuccessWatch(extra_steps)
     while arm.step_count < arm.horizon and not done:
         chunk = policy.predict_chunk(
             Observation(images={"camera": obs.image}, instruction=instruction)
@@ -128,16 +129,12 @@ def rollout(
             obs = arm.step(action)
             if record:
                 frames.append(obs.image)
-            flag = arm.success()
-            if flag and success_step is None:
-                success_step = arm.step_count
-            elif not flag:
-                success_step = None  # lost it again (dropped): not a success yet
-            done = success_step is not None and arm.step_count >= success_step + extra_steps
+            done = watch.update(arm.success(), arm.step_count)
             if done or arm.step_count >= arm.horizon:
                 break
     # A success: the flag is up at the end (after the extra steps, or at the horizon).
-    result = EpisodeResult(seed, success_step is not None, arm.step_count, time.monotonic() - t0)
+    success = watch.success_step is not None
+    result = EpisodeResult(seed, success, arm.step_count, time.monotonic() - t0)
     return result, frames
 
 

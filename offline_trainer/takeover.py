@@ -22,13 +22,15 @@ from that step on: the policy's own actions before it are not labels.
 from __future__ import annotations
 
 import re
+import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from wmpo_core.errors import WmpoError
 from wmpo_core.policy_api import Observation
-from wmpo_core.sim.episode import EXTRA_STEPS_AFTER_SUCCESS
+from wmpo_core.sim.episode import EXTRA_STEPS_AFTER_SUCCESS, SuccessWatch
 
 TAKEOVER_SALT = 104_729
 """Mixed into the seed for the takeover-step draw, so it is independent of the expert's
@@ -85,7 +87,7 @@ def run_takeover_episode(
     policy.reset()
     expert.reset()
     frames, actions, queue = [], [], []
-    success_step: int | None = None
+    watch = SuccessWatch(extra_steps)
     took_over = False
     for t in range(arm.horizon):
         if t < takeover_step:
@@ -101,19 +103,14 @@ def run_takeover_episode(
         frames.append(obs.image)
         actions.append(action)
         obs = arm.step(action)
-        flag = arm.success()
-        if flag and success_step is None:
-            success_step = t + 1
-        elif not flag:
-            success_step = None  # lost it again (dropped): not a success, keep going
-        if success_step is not None and t + 1 >= success_step + extra_steps:
+        if watch.update(arm.success(), t + 1):
             break
-        if took_over and success_step is None and expert.done:
+        if took_over and watch.success_step is None and expert.done:
             break
     return TakeoverEpisode(
         seed=seed,
-        success=success_step is not None,
-        success_step=success_step,
+        success=watch.success_step is not None,
+        success_step=watch.success_step,
         takeover_step=takeover_step if took_over else None,
         frames=np.stack(frames),
         actions=np.asarray(actions, dtype=np.float32),
@@ -128,16 +125,14 @@ def takeover_episode_id(task: str, version: str, seed: int) -> str:
 
 def collect_takeovers(args) -> int:
     """`wmpo collect --takeover-from CKPT`: one takeover episode per seed into the store."""
-    import sys
-    import time
-
     from tqdm import tqdm
 
-    from wmpo_core.interfaces import DEFAULT_CONTROL_RATE_HZ, EE_ACTION_NAMES, TASK_INSTRUCTIONS
+    from offline_trainer.collect import sim_episode_meta
+    from wmpo_core.interfaces import TASK_INSTRUCTIONS
     from wmpo_core.policy import load_policy_checkpoint
     from wmpo_core.sim.arm import SimArm, SimConfig
     from wmpo_core.sim.experts import make_expert
-    from wmpo_core.store import EpisodeMeta, EpisodeStore
+    from wmpo_core.store import EpisodeStore
 
     lo, hi = parse_step_range(args.takeover_steps)
     policy = load_policy_checkpoint(args.takeover_from)  # greedy, as on the robot
@@ -158,18 +153,13 @@ def collect_takeovers(args) -> int:
             step = takeover_step_for(seed, lo, hi)
             expert = make_expert(args.task, args.noise, seed=seed)
             ep = run_takeover_episode(arm, policy, expert, seed, step, instruction)
-            meta = EpisodeMeta(
-                id=takeover_episode_id(args.task, version, seed),
-                task=args.task,
-                instruction=instruction,
-                success=ep.success,
-                kind="rollout",
+            meta = sim_episode_meta(
+                takeover_episode_id(args.task, version, seed),
+                args.task,
+                seed,
+                ep.success,
+                "rollout",
                 policy_version=version,
-                labelled_by="sim",
-                seed=seed,
-                fps=DEFAULT_CONTROL_RATE_HZ,
-                action_names=list(EE_ACTION_NAMES),
-                source="sim",
                 extra={
                     "takeover_step": ep.takeover_step,
                     "takeover_by": type(expert).__name__,

@@ -25,7 +25,7 @@ from wmpo_core.interfaces import TASK_INSTRUCTIONS
 from wmpo_core.policy import load_policy_checkpoint
 from wmpo_core.policy_api import Observation
 from wmpo_core.sim.arm import SimArm, SimConfig
-from wmpo_core.sim.episode import run_expert_episode
+from wmpo_core.sim.episode import SuccessWatch, run_expert_episode
 from wmpo_core.sim.experts import make_expert
 from wmpo_core.store import EpisodeMeta, EpisodeStore
 from wmpo_core.world_model.training import select_episodes as select_world_model_episodes
@@ -68,6 +68,19 @@ def test_a_takeover_at_step_zero_is_the_experts_own_episode(lift_arm):
     assert ep.takeover_step == 0 and ep.success == ref.success
     np.testing.assert_array_equal(ep.actions, ref.actions)
     np.testing.assert_array_equal(ep.frames, ref.frames)
+
+
+def test_a_negative_takeover_step_is_refused_before_the_sim_resets():
+    with pytest.raises(WmpoError, match="takeover_step must be >= 0"):
+        run_takeover_episode(None, None, None, 0, -1, LIFT)
+
+
+def test_success_must_hold_for_the_extra_steps():
+    watch = SuccessWatch(extra_steps=2)
+    assert [watch.update(f, t) for t, f in enumerate([0, 1, 1, 0, 1, 1, 1], 1)] == [
+        False, False, False, False, False, False, True,
+    ]  # fmt: skip
+    assert watch.success_step == 5  # the first rise (step 2) was lost at step 4
 
 
 def test_takeover_steps_parse_and_draw_deterministically():

@@ -17,6 +17,24 @@ must stay up through them: if it falls (the cube is dropped) the episode goes on
 
 
 @dataclass
+class SuccessWatch:
+    """When an episode may end on the sim's success flag: the flag must rise and then stay
+    up for `extra_steps` more steps (a dropped cube is not a success)."""
+
+    extra_steps: int = EXTRA_STEPS_AFTER_SUCCESS
+    success_step: int | None = None
+    """Step count at which the flag rose and has stayed up since, or None."""
+
+    def update(self, flag: bool, steps: int) -> bool:
+        """The flag after `steps` steps; True once the success has held long enough."""
+        if not flag:
+            self.success_step = None  # lost it again (e.g. dropped): keep going
+        elif self.success_step is None:
+            self.success_step = steps
+        return self.success_step is not None and steps >= self.success_step + self.extra_steps
+
+
+@dataclass
 class ExpertEpisode:
     seed: int
     success: bool
@@ -51,7 +69,7 @@ def run_expert_episode(
     obs = arm.reset(seed)
     expert.reset()
     frames, actions = [], []
-    success_step: int | None = None
+    watch = SuccessWatch(extra_steps)
     state = arm.privileged_state()
     for t in range(horizon):
         action = expert.act(state)
@@ -60,18 +78,14 @@ def run_expert_episode(
         actions.append(action)
         obs = arm.step(action)
         state = arm.privileged_state()
-        if success_step is None and state["success"]:
-            success_step = t + 1
-        elif success_step is not None and not state["success"]:
-            success_step = None  # lost it again (e.g. dropped): not a success, keep going
-        if success_step is not None and t + 1 >= success_step + extra_steps:
+        if watch.update(bool(state["success"]), t + 1):
             break
-        if success_step is None and stop_when_done and expert.done:
+        if watch.success_step is None and stop_when_done and expert.done:
             break
     return ExpertEpisode(
         seed=seed,
         success=bool(state["success"]),
-        success_step=success_step,
+        success_step=watch.success_step,
         frames=np.stack(frames) if frames else None,
         actions=np.asarray(actions, dtype=np.float32),
         perturbation=expert.perturbation,
